@@ -1,0 +1,113 @@
+"""Frozen encoders that declare their feature taps (timm's ``feature_info`` habit).
+
+A tap is a named intermediate output with a known width and stride. Heads read the
+declaration to size themselves, so no head hard-codes ResNet-50 widths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Tap:
+    name: str
+    channels: int
+    stride: int | None  # None for pooled vectors (``embedding``)
+
+    @property
+    def spatial(self) -> bool:
+        return self.stride is not None
+
+
+class TapModel(nn.Module):
+    """A backbone that returns the requested taps: ``forward(x, taps) -> {name: tensor}``."""
+
+    taps: tuple[Tap, ...]
+
+    def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class EncoderInfo:
+    """What a result record needs to say about the encoder."""
+
+    name: str
+    arch: str
+    method: str = "none"
+    data: str = "-"
+    source: str = "random init"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FrozenEncoder(nn.Module):
+    """Eval mode forever, no gradient, input normalisation inside.
+
+    Inputs are float images in [0, 1], (B, 3, H, W) or sequences (B, S, 3, H, W); sequences
+    are folded into the batch for the backbone and unfolded in every returned tap.
+    """
+
+    def __init__(self, model: TapModel, info: EncoderInfo,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__()
+        self.model = model
+        self.info = info
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+        self._fingerprint: str | None = None
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        # BatchNorm statistics stay frozen whatever a caller asks.
+        return super().train(False)
+
+    @property
+    def taps(self) -> dict[str, Tap]:
+        return {t.name: t for t in self.model.taps}
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the backbone weights (names, dtypes, shapes and bytes), hex.
+
+        Two files holding the same weights get the same fingerprint, whatever their format.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for key, value in sorted(self.model.state_dict().items()):
+                t = value.detach().to("cpu").contiguous()
+                h.update(key.encode())
+                h.update(str(t.dtype).encode())
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, taps: tuple[str, ...] = ("embedding",)) -> dict[str, torch.Tensor]:
+        unknown = [t for t in taps if t not in self.taps]
+        if unknown:
+            raise KeyError(f"encoder {self.name} has no tap(s) {unknown}; it declares {list(self.taps)}")
+        seq = images.dim() == 5
+        if seq:
+            b, s = images.shape[:2]
+            images = images.flatten(0, 1)
+        elif images.dim() != 4:
+            raise ValueError(f"expected (B,3,H,W) or (B,S,3,H,W) images, got shape {tuple(images.shape)}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        out = self.model(x, tuple(taps))
+        if seq:
+            out = {k: v.unflatten(0, (b, s)) for k, v in out.items()}
+        return out

@@ -1,0 +1,75 @@
+"""torchvision ResNets exposing the paper's taps: conv, block1..block4, embedding."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from .base import Tap, TapModel
+
+TAP_ORDER = ("conv", "block1", "block2", "block3", "block4", "embedding")
+
+
+class ResNetTaps(TapModel):
+    """Runs a torchvision ResNet only as deep as the deepest requested tap."""
+
+    def __init__(self, net: torchvision.models.ResNet):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        widths = [net.conv1.out_channels] + [self._width(getattr(net, f"layer{i}")) for i in range(1, 5)]
+        strides = [2, 4, 8, 16, 32]
+        self.taps = tuple(Tap(n, c, s) for n, c, s in zip(TAP_ORDER[:5], widths, strides)) + (
+            Tap("embedding", widths[-1], None),
+        )
+
+    @staticmethod
+    def _width(layer: nn.Sequential) -> int:
+        last = layer[-1]
+        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+
+    def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        depth = max(TAP_ORDER.index(t) for t in taps)
+        out: dict[str, torch.Tensor] = {}
+        x = self.relu(self.bn1(self.conv1(x)))
+        out["conv"] = x
+        x = self.maxpool(x)
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            if depth < i:
+                break
+            x = layer(x)
+            out[f"block{i}"] = x
+        if depth >= 5:
+            out["embedding"] = torch.flatten(nn.functional.adaptive_avg_pool2d(out["block4"], 1), 1)
+        return {t: out[t] for t in taps}
+
+
+def build_resnet(arch: str, seed: int = 0) -> ResNetTaps:
+    """A randomly initialised torchvision ResNet (seeded), without its classifier."""
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        net = getattr(torchvision.models, arch)(weights=None)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return ResNetTaps(net)
+
+
+def infer_resnet_arch(state: dict[str, torch.Tensor]) -> str:
+    """torchvision ResNet architecture from a (prefix-free) state dict's keys."""
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in state)
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    table = {
+        (False, (2, 2, 2, 2)): "resnet18",
+        (False, (3, 4, 6, 3)): "resnet34",
+        (True, (3, 4, 6, 3)): "resnet50",
+        (True, (3, 4, 23, 3)): "resnet101",
+        (True, (3, 8, 36, 3)): "resnet152",
+    }
+    arch = table.get((bottleneck, blocks))
+    if arch is None:
+        raise ValueError(f"state dict is not a known torchvision ResNet (blocks per stage {blocks})")
+    if arch == "resnet50" and "layer1.0.conv2.weight" in state and state["layer1.0.conv2.weight"].shape[0] == 128:
+        arch = "wide_resnet50_2"
+    return arch

@@ -1,0 +1,25 @@
+"""Where the harness keeps things on disk. No global state: every function reads the
+environment when called, so tests can point HARNESS_CACHE at a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """User cache directory: $HARNESS_CACHE, else $XDG_CACHE_HOME/harness, else ~/.cache/harness."""
+    env = os.environ.get("HARNESS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "harness"
+
+
+def synthetic_dir() -> Path:
+    return cache_root() / "synthetic"
+
+
+def features_dir() -> Path:
+    return cache_root() / "features"

@@ -1,0 +1,83 @@
+"""Self-describing result records (one JSON per encoder x task x seed), written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_json
+
+RECORD_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {"harness": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of an encoder name or path."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "encoder"
+
+
+@dataclass
+class EvalRecord:
+    encoder: str
+    task: str
+    metric: str
+    test: float | None
+    val: float | None
+    config: dict[str, Any]
+    epoch: int | None
+    seed: int
+    head_params: int
+    resolution: int | None
+    timings: dict[str, float]
+    cache: dict[str, int]
+    versions: dict[str, str] = field(default_factory=versions)
+    status: str = "ok"
+    error: str | None = None
+    encoder_fingerprint: str = ""
+    encoder_info: dict[str, Any] = field(default_factory=dict)
+    category: str = ""
+    head: str = ""
+    taps: list[str] = field(default_factory=list)
+    output_resolution: list[int] | None = None
+    epochs: int | None = None
+    secondary: dict[str, Any] = field(default_factory=dict)
+    n: dict[str, int] = field(default_factory=dict)
+    val_split: str = ""
+    transform: dict[str, str] = field(default_factory=dict)
+    grid: list[dict[str, Any]] = field(default_factory=list)
+    chance: float | None = None
+    device: str = ""
+    notes: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    record_version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def path(self, out_dir: Path) -> Path:
+        return Path(out_dir) / f"{slug(self.encoder)}__{self.task}__seed{self.seed}.json"
+
+    def write(self, out_dir: Path) -> Path:
+        target = self.path(out_dir)
+        write_json(target, self.to_dict())
+        return target
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        return json.load(fh)

@@ -1,0 +1,99 @@
+"""Train a head on encoded features, select the best epoch on val, evaluate once.
+
+The loop is task-agnostic: a head maps a dict of taps to a prediction; the task's loss and
+metric (looked up by name) do the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tasks.losses import get_loss
+from tasks.metrics import make_metric
+from tasks.spec import OptimConfig, TaskSpec
+
+from .features import Features
+
+
+@dataclass
+class FitResult:
+    config: OptimConfig
+    best_val: float
+    best_epoch: int  # 1-based
+    state: dict[str, torch.Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # learning rate used in each epoch
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, math.ceil(epochs / 3)), gamma=0.1)
+    if cfg.schedule == "none":
+        return None
+    raise ValueError(f"unknown schedule {cfg.schedule!r} (none, cosine, step)")
+
+
+@torch.no_grad()
+def evaluate(head: nn.Module, feats: Features, task: TaskSpec, device: torch.device,
+             batch_size: int = 256) -> dict[str, float]:
+    """Metric over the whole split, every sample counted, head in eval mode."""
+    head.eval()
+    metric = make_metric(task)
+    for start in range(0, len(feats), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(feats)))
+        x, y, valid = feats.batch(idx, device)
+        metric.update(head(x).float(), y, valid)
+    return metric.compute()
+
+
+def fit(head: nn.Module, train: Features, val: Features, task: TaskSpec, cfg: OptimConfig, epochs: int,
+        device: torch.device, seed: int, batch_size: int | None = None) -> FitResult:
+    """Train ``head`` for ``epochs``; keep the weights of the epoch with the best val metric."""
+    batch_size = batch_size or task.batch_size
+    loss_fn = get_loss(task)
+    head.to(device)
+    opt = make_optimizer([p for p in head.parameters() if p.requires_grad], cfg)
+    sched = make_scheduler(opt, cfg, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    best: FitResult | None = None
+    history, lrs = [], []
+    for epoch in range(1, epochs + 1):
+        head.train()
+        lrs.append(opt.param_groups[0]["lr"])
+        perm = torch.randperm(len(train), generator=gen)
+        total, seen = 0.0, 0
+        for start in range(0, len(train), batch_size):
+            idx = perm[start:start + batch_size]
+            x, y, valid = train.batch(idx, device)
+            loss = loss_fn(head(x).float(), y, valid, task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        if sched is not None:
+            sched.step()
+        scores = evaluate(head, val, task, device)
+        history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val": scores[task.metric]})
+        if best is None or scores[task.metric] > best.best_val:
+            best = FitResult(cfg, scores[task.metric], epoch, copy.deepcopy(head.state_dict()))
+    assert best is not None, "epochs must be >= 1"
+    best.history, best.lrs = history, lrs
+    return best
