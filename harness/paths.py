@@ -23,3 +23,14 @@ def synthetic_dir() -> Path:
 
 def features_dir() -> Path:
     return cache_root() / "features"
+
+
+def weights_dir() -> Path:
+    """Where encoder weights live: $HARNESS_WEIGHTS, else <cache root>/weights."""
+    env = os.environ.get("HARNESS_WEIGHTS")
+    return Path(env).expanduser() if env else cache_root() / "weights"
+
+
+def user_encoders_dir() -> Path:
+    """Checkpoints written by ``harness pretrain`` that ``harness encoders`` lists by name."""
+    return weights_dir() / "user"
