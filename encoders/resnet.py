@@ -20,7 +20,7 @@ class ResNetTaps(TapModel):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         widths = [net.conv1.out_channels] + [self._width(getattr(net, f"layer{i}")) for i in range(1, 5)]
         strides = [2, 4, 8, 16, 32]
-        self.taps = tuple(Tap(n, c, s) for n, c, s in zip(TAP_ORDER[:5], widths, strides)) + (
+        self.taps = tuple(Tap(n, c, s) for n, c, s in zip(TAP_ORDER[:5], widths, strides, strict=True)) + (
             Tap("embedding", widths[-1], None),
         )
 
