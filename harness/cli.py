@@ -88,6 +88,14 @@ def eval_cmd(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     grid: Annotated[str, typer.Option("--grid", help="full: the task's 4-config grid; single: its default")] = "full",
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for encoding")] = 0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="head-training seeds (mean and std recorded)")] = 1,
+    aug_copies: Annotated[Optional[int], typer.Option("--aug-copies", min=1,
+                                                      help="augmented train copies to encode")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 for encoding")] = "auto",
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the feature cache")] = False,
+    ram_budget_gb: Annotated[float, typer.Option("--ram-budget-gb", help="features kept in memory")] = 8.0,
+    disk_budget_gb: Annotated[float, typer.Option("--disk-budget-gb",
+                                                  help="max size of one cache entry; above: encode on the fly")] = 20.0,
     force: Annotated[bool, typer.Option("--force", help="redo tasks that already have a record")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -98,10 +106,14 @@ def eval_cmd(
 
     if grid not in ("full", "single"):
         raise UsageError(f"--grid {grid!r}: use 'full' or 'single'")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision {precision!r}: use auto, fp32, bf16 or fp16")
     specs = resolve_tasks(task)
     opts = EvalOptions(encoder=encoder, tasks=specs, out=out, epochs=epochs, limit=limit, resolution=resolution,
                        seed=seed, encoder_seed=encoder_seed, device=device, data_root=data_root,
-                       batch_size=batch_size, grid=grid, num_workers=workers, force=force, debug=_state["debug"])
+                       batch_size=batch_size, grid=grid, num_workers=workers, force=force, debug=_state["debug"],
+                       seeds=seeds, aug_copies=aug_copies, precision=precision, use_cache=not no_cache,
+                       ram_budget_gb=ram_budget_gb, disk_budget_gb=disk_budget_gb)
     records = run_eval(opts)
     if json_out:
         _emit(records[0] if len(records) == 1 else records)
@@ -112,11 +124,64 @@ def eval_cmd(
                 continue
             skipped = " (existing record; --force to redo)" if r.get("skipped") else ""
             chance = f" chance {r['chance']:.3f}" if r.get("chance") is not None else ""
-            typer.echo(f"{r['encoder']} / {r['task']}: test {r['metric']} {r['test']:.4f} (val {r['val']:.4f}, "
+            std = f" +- {r['secondary']['test_std']:.4f}" if "test_std" in r.get("secondary", {}) else ""
+            c = r["cache"]
+            typer.echo(f"{r['encoder']} / {r['task']}: test {r['metric']} {r['test']:.4f}{std} (val {r['val']:.4f}, "
                        f"epoch {r['epoch']}, {r['config'].get('label', '')}){chance} "
-                       f"[{r['timings'].get('total_s', 0):.1f}s]{skipped}")
+                       f"[{r['timings'].get('total_s', 0):.1f}s, cache {c.get('hits', 0)} hit / "
+                       f"{c.get('misses', 0)} miss]{skipped}")
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
+
+
+cache_app = typer.Typer(help="Inspect and clear the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def cache_ls(json_out: JsonOpt = False) -> None:
+    """List cache entries (task, split, taps, size, complete)."""
+    from .cache import list_entries
+
+    fields = ("task", "split", "n", "taps", "aug_copy", "encoder_fingerprint")
+    rows = [{"path": str(e.path), "bytes": e.size, "complete": e.complete,
+             **({k: e.key[k] for k in fields} if e.key else {})} for e in list_entries()]
+    if json_out:
+        _emit(rows)
+        return
+    for r in rows:
+        mark = "" if r["complete"] else "  (incomplete: never read; 'harness cache clear --incomplete')"
+        what = f"{r.get('task', '?')}/{r.get('split', '?')} n={r.get('n', '?')} taps={','.join(r.get('taps', []))}"
+        typer.echo(f"{r['bytes'] / 2**20:9.1f} MiB  {what}  {Path(r['path']).name}{mark}")
+
+
+@cache_app.command("du")
+def cache_du(json_out: JsonOpt = False) -> None:
+    """Total size of the feature cache and of the synthetic renders."""
+    from .cache import list_entries
+    from .paths import features_dir, synthetic_dir
+
+    feats = sum(e.size for e in list_entries())
+    synth = sum(p.stat().st_size for p in synthetic_dir().glob("*.h5")) if synthetic_dir().exists() else 0
+    row = {"features_bytes": feats, "synthetic_bytes": synth, "features_dir": str(features_dir()),
+           "synthetic_dir": str(synthetic_dir())}
+    if json_out:
+        _emit(row)
+    else:
+        typer.echo(f"features  {feats / 2**20:10.1f} MiB  {features_dir()}")
+        typer.echo(f"synthetic {synth / 2**20:10.1f} MiB  {synthetic_dir()}")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    task: Annotated[Optional[str], typer.Option("--task", help="only this task's entries")] = None,
+    incomplete: Annotated[bool, typer.Option("--incomplete", help="only leftovers of killed runs")] = False,
+) -> None:
+    """Delete feature cache entries (all of them unless restricted)."""
+    from .cache import clear
+
+    files, size = clear(task=task, incomplete_only=incomplete)
+    typer.echo(f"removed {files} file(s), {size / 2**20:.1f} MiB")
 
 
 def _not_yet(name: str) -> None:

@@ -63,19 +63,16 @@ class EvalRecord:
     chance: float | None = None
     device: str = ""
     notes: list[str] = field(default_factory=list)
+    run_key: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     record_version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def path(self, out_dir: Path) -> Path:
-        return Path(out_dir) / f"{slug(self.encoder)}__{self.task}__seed{self.seed}.json"
-
-    def write(self, out_dir: Path) -> Path:
-        target = self.path(out_dir)
-        write_json(target, self.to_dict())
-        return target
+    def write_to(self, target: Path) -> Path:
+        write_json(Path(target), self.to_dict())
+        return Path(target)
 
 
 def read_record(path: Path) -> dict[str, Any]:

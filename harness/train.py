@@ -6,8 +6,10 @@ metric (looked up by name) do the rest.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +18,6 @@ from torch import nn
 from tasks.losses import get_loss
 from tasks.metrics import make_metric
 from tasks.spec import OptimConfig, TaskSpec
-
-from .features import Features
 
 
 @dataclass
@@ -50,44 +50,70 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r} (none, cosine, step)")
 
 
+SMALL_HEAD = 1_000_000  # parameters; below this, extra CPU threads cost more than they give
+
+
+@contextlib.contextmanager
+def cpu_threads_for(head: nn.Module, device: torch.device) -> Iterator[None]:
+    """Train a small head on one CPU thread: its ops are too small to split, and the thread
+    hand-offs dominate (20x slower measured with 2 threads on a busy 2-core machine)."""
+    small = sum(p.numel() for p in head.parameters()) < SMALL_HEAD
+    if device.type != "cpu" or not small or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
-def evaluate(head: nn.Module, feats: Features, task: TaskSpec, device: torch.device,
+def evaluate(head: nn.Module, source, task: TaskSpec, device: torch.device,
              batch_size: int = 256) -> dict[str, float]:
-    """Metric over the whole split, every sample counted, head in eval mode."""
+    """Metric over the whole split, streamed batch by batch (every sample counted), head in eval mode."""
     head.eval()
     metric = make_metric(task)
-    for start in range(0, len(feats), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(feats)))
-        x, y, valid = feats.batch(idx, device)
-        metric.update(head(x).float(), y, valid)
+    with cpu_threads_for(head, device):
+        for x, y, valid in source.batches(batch_size, device):
+            metric.update(head(x).float(), y, valid)
     return metric.compute()
 
 
-def fit(head: nn.Module, train: Features, val: Features, task: TaskSpec, cfg: OptimConfig, epochs: int,
+def fit(head: nn.Module, train: list, val, task: TaskSpec, cfg: OptimConfig, epochs: int,
         device: torch.device, seed: int, batch_size: int | None = None) -> FitResult:
-    """Train ``head`` for ``epochs``; keep the weights of the epoch with the best val metric."""
+    """Train ``head`` for ``epochs``; keep the weights of the epoch with the best val metric.
+
+    ``train`` holds one feature source per augmented copy of the training set; epoch e reads
+    copy e mod K, so augmentation varies across epochs without re-running the encoder.
+    """
     batch_size = batch_size or task.batch_size
     loss_fn = get_loss(task)
     head.to(device)
     opt = make_optimizer([p for p in head.parameters() if p.requires_grad], cfg)
     sched = make_scheduler(opt, cfg, epochs)
     gen = torch.Generator().manual_seed(seed)
+    with cpu_threads_for(head, device):
+        best, history, lrs = _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen)
+    best.history, best.lrs = history, lrs
+    return best
+
+
+def _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen):
     best: FitResult | None = None
     history, lrs = [], []
     for epoch in range(1, epochs + 1):
         head.train()
         lrs.append(opt.param_groups[0]["lr"])
-        perm = torch.randperm(len(train), generator=gen)
         total, seen = 0.0, 0
-        for start in range(0, len(train), batch_size):
-            idx = perm[start:start + batch_size]
-            x, y, valid = train.batch(idx, device)
+        for x, y, valid in train[(epoch - 1) % len(train)].batches(batch_size, device, shuffle=True, generator=gen):
             loss = loss_fn(head(x).float(), y, valid, task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
+            total += loss.item() * len(y)
+            seen += len(y)
         if sched is not None:
             sched.step()
         scores = evaluate(head, val, task, device)
@@ -95,5 +121,4 @@ def fit(head: nn.Module, train: Features, val: Features, task: TaskSpec, cfg: Op
         if best is None or scores[task.metric] > best.best_val:
             best = FitResult(cfg, scores[task.metric], epoch, copy.deepcopy(head.state_dict()))
     assert best is not None, "epochs must be >= 1"
-    best.history, best.lrs = history, lrs
-    return best
+    return best, history, lrs

@@ -89,6 +89,8 @@ class DataRequest:
     resolution: int | None  # None: the task's own default
     limit: int | None  # at most this many samples (applied to train)
     train: bool  # random augmentation on (train) or off (val/test)
+    aug_copy: int = 0  # which augmented copy of train: seeds the random transforms
+    seed: int = 0
 
 
 DatasetBuilder = Callable[["TaskSpec", DataRequest], Dataset]
