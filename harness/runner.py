@@ -39,6 +39,9 @@ class EvalOptions:
     force: bool = False
     debug: bool = False
     notes: list[str] = field(default_factory=list)
+    fmt: str | None = None  # checkpoint format override (encoders/adapters.py); None: detected
+    weights_dir: Path | None = None  # None: $HARNESS_WEIGHTS or <cache>/weights
+    download: bool = False  # fetch missing catalog weights (never implicit)
 
 
 def _datasets(task: TaskSpec, opts: EvalOptions) -> tuple[object, object, object, str]:
@@ -117,7 +120,8 @@ def run_eval(opts: EvalOptions) -> list[dict]:
     A failing task is recorded as failed and the others still run.
     """
     device = resolve_device(opts.device)
-    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed)
+    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, fmt=opts.fmt, weights_dir=opts.weights_dir,
+                             download=opts.download)
     out: list[dict] = []
     for task in opts.tasks:
         probe = EvalRecord(encoder=encoder.name, task=task.name, metric=task.metric, test=None, val=None,
