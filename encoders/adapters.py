@@ -133,11 +133,10 @@ def _first_container(obj: Any, fmt: CheckpointFormat) -> Mapping[str, Any] | Non
         state = _container(obj, path)
         if state is not None and _matches(state, fmt.prefix):
             return state
-    for path in fmt.containers:  # nothing under the prefix: still report against the first container present
-        state = _container(obj, path)
-        if state is not None:
-            return state
-    return None
+    # Nothing under the prefix: report against the first container that looks like a state dict.
+    present = [s for s in (_container(obj, p) for p in fmt.containers) if s is not None]
+    tensors_only = [s for s in present if s and all(isinstance(v, torch.Tensor) for v in s.values())]
+    return (tensors_only or present or [None])[0]
 
 
 def _listing(keys: list[str], n: int = 6) -> str:
@@ -188,7 +187,8 @@ def check_backbone(state: Mapping[str, torch.Tensor], arch: str, prefix: str = "
                    hint: str = "") -> None:
     """Refuse, naming keys in the file's own spelling, unless ``state`` is exactly ``arch``'s backbone."""
     try:
-        reference = build_resnet(arch).state_dict()
+        with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost
+            reference = build_resnet(arch).state_dict()
     except AttributeError:
         raise HarnessError(f"{source}: unknown architecture {arch!r} (expected a torchvision ResNet)") from None
     expected = {k: v for k, v in reference.items() if not k.endswith(COUNTER_SUFFIX)}
@@ -208,8 +208,13 @@ def check_backbone(state: Mapping[str, torch.Tensor], arch: str, prefix: str = "
 
 
 def backbone_model(backbone: Backbone) -> ResNetTaps:
-    model = build_resnet(backbone.arch)
-    model.load_state_dict(backbone.state, strict=False)  # only BatchNorm counters may be absent (checked above)
+    with torch.device("meta"):  # every weight is overwritten below: skip the random initialisation
+        model = build_resnet(backbone.arch)
+    model = model.to_empty(device="cpu")
+    for name, buf in model.named_buffers():
+        if name.endswith(COUNTER_SUFFIX):
+            buf.zero_()  # counters are not weights: dropped from files, reset here, so fingerprints ignore them
+    model.load_state_dict(backbone.state, strict=False)  # every other key was checked present above
     return model
 
 
