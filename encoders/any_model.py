@@ -182,15 +182,16 @@ def timm_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
         from harness.errors import unknown_name
 
         raise unknown_name("timm model", name, timm.list_models())
-    base = _seeded(seed, lambda: timm.create_model(name, pretrained=False, num_classes=0, **kwargs))
-    if hasattr(base, "blocks") and hasattr(base, "forward_intermediates") and hasattr(base, "patch_embed"):
+    features = _seeded(seed, lambda: timm.create_model(name, pretrained=False, features_only=True, **kwargs))
+    reductions, channels = list(features.feature_info.reduction()), list(features.feature_info.channels())
+    if len(reductions) > 1 and len(set(reductions)) == 1:  # one stride throughout: a ViT-like token model
         net = _seeded(seed, lambda: timm.create_model(name, pretrained=False, num_classes=0,
                                                       dynamic_img_size=True, **kwargs))
+        if not all(hasattr(net, a) for a in ("blocks", "patch_embed", "forward_intermediates")):
+            raise UsageError(f"timm:{name}: a single-stride model that is not a ViT; its taps cannot be declared")
         model: TapModel = ViTTaps(net)
     else:
-        net = _seeded(seed, lambda: timm.create_model(name, pretrained=False, features_only=True, **kwargs))
-        info = net.feature_info
-        model = FeatureListTaps(net, list(info.reduction()), list(info.channels()))
+        model = FeatureListTaps(features, reductions, channels)
     info = EncoderInfo(name=f"timm:{name}", arch=name, source=f"timm {name}, random init (seed {seed})",
                        extra={"init_seed": seed, "family": "timm"})
     return FrozenEncoder(model, info)
