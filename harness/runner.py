@@ -120,8 +120,10 @@ def run_eval(opts: EvalOptions) -> list[dict]:
     A failing task is recorded as failed and the others still run.
     """
     device = resolve_device(opts.device)
-    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, fmt=opts.fmt, weights_dir=opts.weights_dir,
-                             download=opts.download)
+    # Loading options are passed only when set, so the plain create_encoder(name, seed) call stays as it was.
+    loading = {k: v for k, v in (("fmt", opts.fmt), ("weights_dir", opts.weights_dir), ("download", opts.download))
+               if v}
+    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
     out: list[dict] = []
     for task in opts.tasks:
         probe = EvalRecord(encoder=encoder.name, task=task.name, metric=task.metric, test=None, val=None,
