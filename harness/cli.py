@@ -53,24 +53,60 @@ def tasks(json_out: JsonOpt = False) -> None:
     Console().print(table)
 
 
-@app.command()
-def encoders(json_out: JsonOpt = False) -> None:
-    """List the known encoders and whether their weights are present."""
-    from encoders.registry import ENCODERS
+encoders_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                           help="List the known encoders (or fetch their weights).")
+app.add_typer(encoders_app, name="encoders")
+WeightsDirOpt = Annotated[Optional[Path], typer.Option(
+    "--weights-dir", help="where encoder weights live (default: $HARNESS_WEIGHTS or <cache>/weights)")]
 
-    rows = [{"name": e.name, "method": e.method, "data": e.data, "epochs": e.epochs, "arch": e.arch,
-             "available": e.available(), "description": e.description} for e in ENCODERS.values()]
+
+@encoders_app.callback()
+def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: WeightsDirOpt = None) -> None:
+    """List the known encoders and whether their weights are present."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from encoders.registry import list_encoders
+
+    rows = list_encoders(weights_dir)
     if json_out:
         _emit(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "arch", "method", "data", "epochs", "available")
+    table = Table("arch", "method", "data", "epochs", "format", "available")
+    table.columns.insert(0, Table("name").columns[0])
+    table.columns[0].no_wrap = True
     for r in rows:
-        table.add_row(r["name"], r["arch"], r["method"], r["data"], str(r["epochs"] or "-"),
+        table.add_row(r["name"], r["arch"], r["method"], r["data"], str(r["epochs"] or "-"), r.get("format") or "-",
                       "yes" if r["available"] else "no")
     Console().print(table)
+
+
+@encoders_app.command("fetch")
+def encoders_fetch(
+    name: Annotated[list[str], typer.Argument(help="catalog name(s) to download")],
+    weights_dir: WeightsDirOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="download again even if the file is present")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download catalog encoders' weights (with progress; SHA-256 checked when recorded)."""
+    from encoders.catalog import CATALOG
+    from encoders.weights import fetch
+
+    from .errors import unknown_name
+
+    fetchable = {n: e for n, e in CATALOG.items() if e.url}
+    paths = {}
+    for n in name:
+        if n not in fetchable:
+            raise unknown_name("catalog encoder", n, fetchable)
+        paths[n] = str(fetch(fetchable[n], weights_dir, force=force))
+    if json_out:
+        _emit(paths)
+    else:
+        for n, p in paths.items():
+            typer.echo(f"{n}: {p}")
 
 
 @app.command("eval")
@@ -98,6 +134,9 @@ def eval_cmd(
                                                   help="max size of one cache entry; above: encode on the fly")] = 20.0,
     force: Annotated[bool, typer.Option("--force", help="redo tasks that already have a record")] = False,
     json_out: JsonOpt = False,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="checkpoint format (default: detected)")] = None,
+    weights_dir: WeightsDirOpt = None,
+    download: Annotated[bool, typer.Option("--download", help="fetch missing catalog weights first")] = False,
 ) -> None:
     """Evaluate one frozen encoder on one or more tasks."""
     from tasks.registry import resolve_tasks
@@ -113,7 +152,8 @@ def eval_cmd(
                        seed=seed, encoder_seed=encoder_seed, device=device, data_root=data_root,
                        batch_size=batch_size, grid=grid, num_workers=workers, force=force, debug=_state["debug"],
                        seeds=seeds, aug_copies=aug_copies, precision=precision, use_cache=not no_cache,
-                       ram_budget_gb=ram_budget_gb, disk_budget_gb=disk_budget_gb)
+                       ram_budget_gb=ram_budget_gb, disk_budget_gb=disk_budget_gb,
+                       fmt=fmt, weights_dir=weights_dir, download=download)
     records = run_eval(opts)
     if json_out:
         _emit(records[0] if len(records) == 1 else records)

@@ -55,6 +55,9 @@ class EvalOptions:
     force: bool = False
     debug: bool = False
     notes: list[str] = field(default_factory=list)
+    fmt: str | None = None  # checkpoint format override (encoders/adapters.py); None: detected
+    weights_dir: Path | None = None  # None: $HARNESS_WEIGHTS or <cache>/weights
+    download: bool = False  # fetch missing catalog weights (never implicit)
 
 
 def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> dict:
@@ -184,7 +187,10 @@ def run_eval(opts: EvalOptions) -> list[dict]:
     it); a failing task is recorded as failed with its error and the others still run.
     """
     device = resolve_device(opts.device)
-    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed)
+    # Loading options are passed only when set, so the plain create_encoder(name, seed) call stays as it was.
+    loading = {k: v for k, v in (("fmt", opts.fmt), ("weights_dir", opts.weights_dir), ("download", opts.download))
+               if v}
+    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
     out: list[dict] = []
     for task in opts.tasks:
         path = record_path(encoder, task, opts)
