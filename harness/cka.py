@@ -73,7 +73,8 @@ def gram(x: torch.Tensor, kernel: str = "linear", rbf_threshold: float = 1.0) ->
         return k
     sq = k.diagonal()
     sq_dist = (sq[:, None] + sq[None, :] - 2.0 * k).clamp_min_(0.0)
-    median = sq_dist.median()
+    ordered = sq_dist.flatten().sort().values  # median as numpy takes it (mean of the middle two)
+    median = 0.5 * (ordered[(ordered.numel() - 1) // 2] + ordered[ordered.numel() // 2])
     if median <= 0:
         raise HarnessError("RBF CKA: every pair of samples in a batch has the same features (median distance 0)")
     return torch.exp(-sq_dist / (2.0 * rbf_threshold ** 2 * median))
