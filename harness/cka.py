@@ -307,6 +307,16 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def accumulate(acc: MinibatchCKA, encoders: Sequence[torch.nn.Module], taps: Sequence[Sequence[str]],
+               images: torch.Tensor) -> None:
+    """One batch: one forward pass per encoder (all its taps at once), then every tap pair at once."""
+    feats: list[torch.Tensor] = []
+    for enc, names in zip(encoders, taps):
+        out = enc(images, tuple(names))
+        feats.extend(out[t] for t in names)
+    acc.update(feats)
+
+
 def run_cka(opts: CKAOptions) -> CKAResult:
     """Encode the subset once per encoder per batch and accumulate every tap pair of every encoder."""
     from encoders.registry import create_encoder
@@ -352,11 +362,7 @@ def run_cka(opts: CKAOptions) -> CKAResult:
         if images.shape[0] < min_batch(opts.estimator):
             continue  # a ragged last batch too small for the estimator is left out (n says so)
         images = _resize(images.to(device, non_blocking=True).float(), source.resolution)
-        feats: list[torch.Tensor] = []
-        for label, enc in zip(labels, encoders):
-            out = enc(images, tuple(taps[label]))
-            feats.extend(out[t] for t in taps[label])
-        acc.update(feats)
+        accumulate(acc, encoders, [taps[label] for label in labels], images)
     loop_s = time.perf_counter() - t_loop
     full = acc.compute()
     blocks = split_matrix(full, labels, taps)
