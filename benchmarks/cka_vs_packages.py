@@ -39,6 +39,12 @@ TAPS = ("conv", "block1", "block2", "block3", "block4")
 HOOKS = ("model.relu", "model.layer1", "model.layer2", "model.layer3", "model.layer4")  # the same taps by module
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process: steadier than wall time on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
@@ -64,7 +70,7 @@ def _child(args) -> dict:
     batches = [x[i:i + b] for i in range(0, n - n % b, b)]
     rss_before = _peak_rss_mb()
     out: dict = {"method": args.method}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     if args.method == "baseline":
         for images in batches:
             for enc in encoders:
@@ -79,8 +85,8 @@ def _child(args) -> dict:
         m = acc.compute()[: len(TAPS), len(TAPS):]
         out["matrix"] = m.tolist()
     elif args.method == "torch-cka":
-        from torch_cka import CKA
         from torch.utils.data import DataLoader, TensorDataset
+        from torch_cka import CKA
 
         dl = DataLoader(TensorDataset(torch.cat(batches), torch.zeros(len(batches) * b)), batch_size=b)
         runner = CKA(encoders[0], encoders[1], "a", "b", list(HOOKS), list(HOOKS), device="cpu")
@@ -98,7 +104,7 @@ def _child(args) -> dict:
             out["class_api"] = "ran"
         except Exception as exc:  # noqa: BLE001 - reported, not hidden
             out["class_api"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        t0 = time.perf_counter()  # the failed attempt is not part of the timing
+        t0, c0 = time.perf_counter(), _cpu_s()  # the failed attempt is not part of the timing
         feats: list[list[list[torch.Tensor]]] = [[[] for _ in TAPS] for _ in encoders]
         for images in batches:
             for e, enc in enumerate(encoders):
@@ -123,6 +129,7 @@ def _child(args) -> dict:
     else:
         raise SystemExit(f"unknown method {args.method}")
     out["time_s"] = time.perf_counter() - t0
+    out["cpu_s"] = _cpu_s() - c0
     out["peak_rss_mb"] = _peak_rss_mb()
     out["peak_rss_setup_mb"] = rss_before
     return out
@@ -131,7 +138,7 @@ def _child(args) -> dict:
 def _run_child(method: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--n", str(args.n), "--resolution", str(args.resolution),
            "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HARNESS_QUIET": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "HARNESS_QUIET": "1"})
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         if "ModuleNotFoundError" in proc.stderr:
@@ -163,9 +170,10 @@ def main() -> None:
     ref = results.get("ckatorch", {}).get("matrix")  # float64, same estimator
     ours = results["harness"]
     print(f"N={args.n}, {args.resolution}px, batch {args.batch_size}, two ResNet-18s, taps {', '.join(TAPS)} "
-          f"(flattened), {args.threads} threads; forward passes alone: {base['time_s']:.2f} s, "
-          f"peak RSS {base['peak_rss_mb']:.0f} MB")
-    print(f"{'method':<14}{'time s':>9}{'x harness':>11}{'peak MB':>10}{'over fwd MB':>13}{'max |d| vs f64 ref':>20}")
+          f"(flattened), {args.threads} threads; forward passes alone: {base['time_s']:.2f} s wall, "
+          f"{base['cpu_s']:.2f} s CPU, peak RSS {base['peak_rss_mb']:.0f} MB")
+    print(f"{'method':<14}{'wall s':>9}{'CPU s':>9}{'CPU x harness':>15}{'CPU over fwd':>14}{'peak MB':>10}"
+          f"{'over fwd MB':>13}{'max |d| vs f64 ref':>20}")
     for m, r in results.items():
         if "skipped" in r:
             print(f"{m:<14} skipped: {r['skipped']}")
@@ -174,8 +182,9 @@ def main() -> None:
         if ref is not None and "matrix" in r:
             r["max_abs_diff_vs_ref"] = float(np.abs(np.array(r["matrix"]) - np.array(ref)).max())
             diff = f"{r['max_abs_diff_vs_ref']:.2e}"
-        ratio = r["time_s"] / ours["time_s"] if "time_s" in ours else float("nan")
-        print(f"{m:<14}{r['time_s']:9.2f}{ratio:11.2f}{r['peak_rss_mb']:10.0f}"
+        ratio = r["cpu_s"] / ours["cpu_s"] if "cpu_s" in ours else float("nan")
+        print(f"{m:<14}{r['time_s']:9.2f}{r['cpu_s']:9.2f}{ratio:15.2f}{r['cpu_s'] - base['cpu_s']:14.2f}"
+              f"{r['peak_rss_mb']:10.0f}"
               f"{r['peak_rss_mb'] - base['peak_rss_mb']:13.0f}{diff:>20}")
         if "class_api" in r:
             print(f"{'':<14}ckatorch.CKA class: {r['class_api']}")

@@ -277,7 +277,8 @@ def _to_rows(m: torch.Tensor) -> list[list[float | None]]:
     return [[_num(v) for v in row] for row in m.tolist()]
 
 
-def save_heatmap(m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, path: Path) -> Path:
+def save_heatmap(m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, path: Path,
+                 row_label: str = "", col_label: str = "") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,6 +294,8 @@ def save_heatmap(m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], titl
             ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
                     color="black" if v > 0.6 else "white")
     ax.set_title(title, fontsize=9)
+    ax.set_ylabel(row_label)
+    ax.set_xlabel(col_label)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +383,7 @@ def run_cka(opts: CKAOptions) -> CKAResult:
             a, b = key.split("|")
             fname = f"cka_{a}_vs_{b}.png".replace("#", "-").replace("/", "_")
             title = f"{opts.kernel} CKA ({opts.estimator}), n={acc.n}, {source.resolution}px: {a} vs {b}"
-            result.heatmaps[key] = str(save_heatmap(m, taps[a], taps[b], title, out / fname))
+            result.heatmaps[key] = str(save_heatmap(m, taps[a], taps[b], title, out / fname, a, b))
     result.timings = {"loop_s": round(loop_s, 3), "total_s": round(time.perf_counter() - t0, 3)}
     from .atomic import write_json
 
