@@ -39,6 +39,19 @@ def test_synthetic_source_is_class_balanced():
     assert img.shape == (3, RES, RES) and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
 
 
+def test_task_source_balances_the_task_labels():
+    src = build_source("task:synth_shape_cls", limit=8, resolution=RES, seed=3)
+    assert src.per_class == 2 and len(src.dataset) == 8
+    assert src.dataset[0]["image"].shape == (3, RES, RES)
+    from tasks.registry import get_task
+    from tasks.spec import DataRequest
+
+    spec = get_task("synth_shape_cls")
+    ds = spec.dataset(spec, DataRequest(split="test", data_root=None, resolution=RES, limit=None, train=False))
+    picked = np.asarray(ds.labels)[src.dataset.indices]
+    assert np.bincount(picked, minlength=4).tolist() == [2, 2, 2, 2]
+
+
 def test_folder_source_reads_class_folders(tmp_path):
     from PIL import Image
 
