@@ -22,6 +22,7 @@ A missing package is reported and skipped.
 
 Run from the repository root:
     PYTHONPATH=. python benchmarks/cka_vs_packages.py --n 1024 --resolution 64 --batch-size 64
+Measured figures: benchmarks/cka_vs_packages_results.txt.
 """
 
 from __future__ import annotations
