@@ -12,7 +12,7 @@ import torch
 
 from harness.cka import CKAOptions, off_diagonal_mean, run_cka
 from harness.cka_data import balanced_indices, build_source
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 
 RES, LIMIT, BATCH = 32, 48, 24
 TAPS = ["conv", "block1", "block3", "embedding"]  # at 32 px block4 is 1x1, i.e. the embedding
@@ -65,6 +65,11 @@ def test_folder_source_reads_class_folders(tmp_path):
     assert src.dataset[5]["image"].shape == (3, 16, 16)
     with pytest.raises(UsageError, match="did you mean"):
         build_source("synthetik", limit=4)
+    with pytest.raises(HarnessError, match="expected ROOT/CLASS"):
+        build_source(f"folder:{tmp_path / 'missing'}", limit=4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessError, match="no images"):
+        build_source(f"folder:{tmp_path / 'empty'}", limit=4)
 
 
 def _run(tmp_path, encoders, **kw) -> dict:
