@@ -234,10 +234,43 @@ def pretrain() -> None:
     _not_yet("pretrain")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def cka() -> None:
-    """Compare block representations with CKA (not available yet)."""
-    _not_yet("cka")
+@app.command()
+def cka(
+    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="catalog name or checkpoint path (repeatable)")],
+    data: Annotated[str, typer.Option("--data", help="synthetic, a task name (task:NAME), or an image folder "
+                                                     "(folder:PATH, one sub-folder per class)")] = "synthetic",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="N images, class-balanced (N // classes each)")] = 1024,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=16, help="input size (default: the "
+                                                      "data's own; 112 for folders)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="where cka.json and the heatmaps go")] = Path("results/cka"),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="minibatch size (>= 4 for unbiased)")] = 64,
+    estimator: Annotated[str, typer.Option("--estimator", help="unbiased (minibatch, Nguyen et al.) or biased")] = (
+        "unbiased"),
+    kernel: Annotated[str, typer.Option("--kernel", help="linear or rbf")] = "linear",
+    rbf_threshold: Annotated[float, typer.Option("--rbf-threshold", help="RBF bandwidth / median distance")] = 1.0,
+    features: Annotated[str, typer.Option("--features", help="flatten spatial maps, or pool them")] = "flatten",
+    taps: Annotated[list[str] | None, typer.Option("--tap", help="tap to compare (repeatable; default all)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the balanced subset")] = 0,
+    encoder_seed: Annotated[int, typer.Option("--encoder-seed", help="seed of a random-init encoder")] = 0,
+    device: DeviceOpt = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="where real datasets live")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="split of a task / synthetic data")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare block representations within and across encoders with CKA."""
+    from .cka import CKAOptions, dumps, format_table, run_cka
+
+    opts = CKAOptions(encoders=encoder, data=data, limit=limit, resolution=resolution, out=out,
+                      batch_size=batch_size, estimator=estimator, kernel=kernel, rbf_threshold=rbf_threshold,
+                      feature_mode=features, taps=taps or None, seed=seed, encoder_seed=encoder_seed, device=device,
+                      data_root=data_root, split=split, num_workers=workers)
+    result = run_cka(opts)
+    if json_out:
+        sys.stdout.write(dumps(result) + "\n")
+    else:
+        typer.echo(format_table(result))
+        typer.echo(f"\nwrote {Path(out) / 'cka.json'} and {len(result.heatmaps)} heatmap(s)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
