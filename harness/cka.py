@@ -314,7 +314,7 @@ def accumulate(acc: MinibatchCKA, encoders: Sequence[torch.nn.Module], taps: Seq
                images: torch.Tensor) -> None:
     """One batch: one forward pass per encoder (all its taps at once), then every tap pair at once."""
     feats: list[torch.Tensor] = []
-    for enc, names in zip(encoders, taps):
+    for enc, names in zip(encoders, taps, strict=True):
         out = enc(images, tuple(names))
         feats.extend(out[t] for t in names)
     acc.update(feats)
@@ -342,7 +342,7 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     encoders = [create_encoder(name, opts.encoder_seed) for name in opts.encoders]
     labels = _unique_labels(opts.encoders)
     taps: dict[str, list[str]] = {}
-    for label, enc in zip(labels, encoders):
+    for label, enc in zip(labels, encoders, strict=True):
         declared = list(enc.taps)
         wanted = list(opts.taps) if opts.taps else declared
         unknown = [t for t in wanted if t not in enc.taps]
@@ -374,7 +374,7 @@ def run_cka(opts: CKAOptions) -> CKAResult:
         kernel=opts.kernel, feature_mode=opts.feature_mode, batch_size=opts.batch_size, batches=acc.batches,
         data=source.description, per_class=source.per_class, seed=opts.seed,
         matrices={k: _to_rows(v) for k, v in blocks.items()}, summary=summarize(blocks, labels),
-        sources={label: enc.info.source for label, enc in zip(labels, encoders)},
+        sources={label: enc.info.source for label, enc in zip(labels, encoders, strict=True)},
     )
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -403,7 +403,7 @@ def format_table(result: CKAResult) -> str:
         lines.append(f"{a} (rows) vs {b} (columns)")
         col = max(7, *(len(t) + 1 for t in result.taps[b]))
         lines.append(" " * width + "".join(f"{t:>{col}}" for t in result.taps[b]))
-        for t, row in zip(result.taps[a], rows):
+        for t, row in zip(result.taps[a], rows, strict=True):
             lines.append(f"{t:<{width}}" + "".join(f"{'nan':>{col}}" if v is None else f"{v:{col}.3f}" for v in row))
     lines.append("")
     lines.append("mean off-diagonal CKA per encoder (higher: early and late blocks more alike)")
