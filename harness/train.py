@@ -50,6 +50,13 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
     raise ValueError(f"unknown schedule {cfg.schedule!r} (none, cosine, step)")
 
 
+def predict(head: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """Pixelwise heads are told the target's size: upsampling to it (odd sizes too) is the head's job."""
+    if task.output == "pixel":
+        return head(x, size=tuple(target.shape[-2:])).float()
+    return head(x).float()
+
+
 @torch.no_grad()
 def evaluate(head: nn.Module, feats: Features, task: TaskSpec, device: torch.device,
              batch_size: int = 256) -> dict[str, float]:
@@ -59,7 +66,7 @@ def evaluate(head: nn.Module, feats: Features, task: TaskSpec, device: torch.dev
     for start in range(0, len(feats), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(feats)))
         x, y, valid = feats.batch(idx, device)
-        metric.update(head(x).float(), y, valid)
+        metric.update(predict(head, x, y, task), y, valid)
     return metric.compute()
 
 
@@ -82,7 +89,7 @@ def fit(head: nn.Module, train: Features, val: Features, task: TaskSpec, cfg: Op
         for start in range(0, len(train), batch_size):
             idx = perm[start:start + batch_size]
             x, y, valid = train.batch(idx, device)
-            loss = loss_fn(head(x).float(), y, valid, task)
+            loss = loss_fn(predict(head, x, y, task), y, valid, task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

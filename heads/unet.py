@@ -7,6 +7,8 @@ channel the U-Net has 99,689,988 parameters and the Siamese U-Net 110,843,204.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,7 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size | None) -> tor
 class UNetDecoder(nn.Module):
     def __init__(self, widths: dict[str, int], out_channels: int):
         super().__init__()
-        self.ups = nn.ModuleList(up(widths[a], widths[b]) for a, b in zip(PYRAMID[:-1], PYRAMID[1:]))
+        self.ups = nn.ModuleList(up(widths[a], widths[b]) for a, b in pairwise(PYRAMID))
         self.final = nn.Sequential(nn.Conv2d(widths[PYRAMID[-1]], 4 * out_channels, 3, padding=1), nn.PixelShuffle(2))
 
     def forward(self, pyramid: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
