@@ -21,12 +21,12 @@ CHANCE_SEG = 0.065
 CHANCE_WALKABLE = 0.3076
 CHANCE_DEPTH = -1.0409
 CHANCE_FLOW = 0.0522
-EPOCHS_SEG = 4
-EPOCHS_DEPTH = 4
-EPOCHS_FLOW = 4
+EPOCHS_SEG = 2
+EPOCHS_DEPTH = 3
+EPOCHS_FLOW = 3
 # Pixelwise tasks train on a prefix of the stored train split and select on a smaller val split,
 # so that the full 4-configuration grid stays within minutes on a CPU; test is the whole split.
-PIXEL_SIZES = {"train": 600, "val": 150}
+PIXEL_SIZES = {"train": 400, "val": 100}
 
 
 class SyntheticDataset(Dataset):
