@@ -1,6 +1,12 @@
-"""torchvision ResNets exposing the paper's taps: conv, block1..block4, embedding."""
+"""torchvision ResNets exposing the paper's taps: conv, block1..block4, embedding.
+
+``block4_os16`` is the last stage run with dilation instead of stride (output stride 16,
+same frozen weights), the geometry DeepLabv3+ expects without a trainable copy of layer4.
+"""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torchvision
@@ -9,6 +15,27 @@ from torch import nn
 from .base import Tap, TapModel
 
 TAP_ORDER = ("conv", "block1", "block2", "block3", "block4", "embedding")
+DILATED_TAP = "block4_os16"
+
+
+@contextmanager
+def dilated(layer: nn.Sequential, dilation: int = 2):
+    """Temporarily run a ResNet stage at stride 1 with dilated 3x3 convs (torchvision's
+    ``replace_stride_with_dilation`` geometry: the first block keeps dilation 1, the others
+    get ``dilation``). Weights are untouched; the original geometry is restored on exit."""
+    saved = []
+    for bi, block in enumerate(layer):
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                saved.append((m, m.stride, m.padding, m.dilation))
+                m.stride = (1, 1)
+                if m.kernel_size == (3, 3) and bi > 0:
+                    m.dilation, m.padding = (dilation, dilation), (dilation, dilation)
+    try:
+        yield layer
+    finally:
+        for m, stride, padding, dil in saved:
+            m.stride, m.padding, m.dilation = stride, padding, dil
 
 
 class ResNetTaps(TapModel):
@@ -22,6 +49,7 @@ class ResNetTaps(TapModel):
         strides = [2, 4, 8, 16, 32]
         self.taps = tuple(Tap(n, c, s) for n, c, s in zip(TAP_ORDER[:5], widths, strides, strict=True)) + (
             Tap("embedding", widths[-1], None),
+            Tap(DILATED_TAP, widths[-1], 16),
         )
 
     @staticmethod
@@ -30,7 +58,10 @@ class ResNetTaps(TapModel):
         return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        depth = max(TAP_ORDER.index(t) for t in taps)
+        want_dilated = DILATED_TAP in taps
+        depth = max((TAP_ORDER.index(t) for t in taps if t != DILATED_TAP), default=0)
+        if want_dilated:
+            depth = max(depth, 3)
         out: dict[str, torch.Tensor] = {}
         x = self.relu(self.bn1(self.conv1(x)))
         out["conv"] = x
@@ -42,6 +73,9 @@ class ResNetTaps(TapModel):
             out[f"block{i}"] = x
         if depth >= 5:
             out["embedding"] = torch.flatten(nn.functional.adaptive_avg_pool2d(out["block4"], 1), 1)
+        if want_dilated:
+            with dilated(self.layer4):
+                out[DILATED_TAP] = self.layer4(out["block3"])
         return {t: out[t] for t in taps}
 
 

@@ -69,6 +69,13 @@ def cpu_threads_for(head: nn.Module, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def predict(head: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """Pixelwise heads are told the target's size: upsampling to it (odd sizes too) is the head's job."""
+    if task.output == "pixel":
+        return head(x, size=tuple(target.shape[-2:])).float()
+    return head(x).float()
+
+
 @torch.no_grad()
 def evaluate(head: nn.Module, source, task: TaskSpec, device: torch.device,
              batch_size: int = 256) -> dict[str, float]:
@@ -77,7 +84,7 @@ def evaluate(head: nn.Module, source, task: TaskSpec, device: torch.device,
     metric = make_metric(task)
     with cpu_threads_for(head, device):
         for x, y, valid in source.batches(batch_size, device):
-            metric.update(head(x).float(), y, valid)
+            metric.update(predict(head, x, y, task), y, valid)
     return metric.compute()
 
 
@@ -108,7 +115,7 @@ def _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, op
         lrs.append(opt.param_groups[0]["lr"])
         total, seen = 0.0, 0
         for x, y, valid in train[(epoch - 1) % len(train)].batches(batch_size, device, shuffle=True, generator=gen):
-            loss = loss_fn(head(x).float(), y, valid, task)
+            loss = loss_fn(predict(head, x, y, task), y, valid, task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

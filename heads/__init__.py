@@ -1,6 +1,6 @@
 """End-task networks ("heads"), built from an encoder's declared taps."""
 
-from . import linear  # noqa: F401  (registers)
+from . import deeplab, fusion, linear, unet  # noqa: F401  (registers)
 from .registry import HEADS, count_parameters, get_head, register_head
 
 __all__ = ["HEADS", "count_parameters", "get_head", "register_head"]

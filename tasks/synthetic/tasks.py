@@ -8,18 +8,33 @@ from torch.utils.data import Dataset
 
 from ..registry import register_task
 from ..spec import DataRequest, OptimConfig, SplitSpec, TaskSpec
-from .render import SHAPE_NAMES
+from .render import SEG_CLASS_NAMES, SHAPE_NAMES
 from .store import DEFAULT_SEED, DEFAULT_SIZES, load_split
-from .world import ACTION_CLASSES, EGOMOTION_ACTIONS, MAX_OBJECTS, MAX_STEPS
+from .world import ACTION_CLASSES, CLIP_FRAMES, EGOMOTION_ACTIONS, MAX_OBJECTS, MAX_STEPS
 
 DEFAULT_RESOLUTION = 64
+
+# Trivial-predictor scores on the default test split, measured by benchmarks/synth_baselines.py.
+CHANCE_EGOMOTION = 0.188
+CHANCE_ACTION = 0.1733
+CHANCE_SEG = 0.065
+CHANCE_WALKABLE = 0.3076
+CHANCE_DEPTH = -1.0446
+CHANCE_FLOW = 0.0522
+EPOCHS_SEG = 2
+EPOCHS_DEPTH = 3
+EPOCHS_FLOW = 3
+# Pixelwise tasks train on a prefix of the stored train split and select on a smaller val split,
+# so that the full 4-configuration grid stays within minutes on a CPU; test is the whole split.
+PIXEL_SIZES = {"train": 400, "val": 100}
 
 
 class SyntheticDataset(Dataset):
     """One field of one stored synthetic split as (image, target) samples, held in memory."""
 
     def __init__(self, kind: str, image_field: str, target_field: str, split: str, n: int, size: int,
-                 target_offset: int = 0, valid_field: str | None = None, seed: int = DEFAULT_SEED):
+                 target_offset: int = 0, valid_field: str | None = None, seed: int = DEFAULT_SEED,
+                 valid_positive: bool = False):
         fields = (image_field, target_field) + ((valid_field,) if valid_field else ())
         arrays = load_split(kind, split, n, size, seed, fields=fields)
         self.images = arrays[image_field]  # (N, [S,] H, W, 3) uint8
@@ -27,6 +42,8 @@ class SyntheticDataset(Dataset):
         if target_offset:
             self.targets = self.targets - target_offset
         self.valid = arrays[valid_field] if valid_field else None
+        if valid_positive:  # e.g. depth: a pixel without a positive depth has no ground truth
+            self.valid = self.targets > 0 if self.valid is None else (self.valid > 0) & (self.targets > 0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -52,22 +69,26 @@ class SyntheticDataset(Dataset):
 
 
 def synthetic_builder(kind: str, image_field: str, target_field: str, target_offset: int = 0,
-                      valid_field: str | None = None):
+                      valid_field: str | None = None, valid_positive: bool = False,
+                      sizes: dict[str, int] | None = None):
+    """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU)."""
+
     def build(task: TaskSpec, req: DataRequest) -> SyntheticDataset:
-        n = DEFAULT_SIZES[kind][req.split]
+        n = {**DEFAULT_SIZES[kind], **(sizes or {})}[req.split]
         if req.limit is not None and req.split == "train":
             n = min(n, req.limit)
         size = req.resolution or task.default_resolution
-        return SyntheticDataset(kind, image_field, target_field, req.split, n, size, target_offset, valid_field)
+        return SyntheticDataset(kind, image_field, target_field, req.split, n, size, target_offset, valid_field,
+                                valid_positive=valid_positive)
 
     return build
 
 
 def _synthetic(**kw) -> TaskSpec:
-    defaults = dict(
-        suite="synth", default_resolution=DEFAULT_RESOLUTION, splits=SplitSpec("train", "val", "test"),
-        optim=OptimConfig("adam", 3e-4), batch_size=64,
-    )
+    defaults = {
+        "suite": "synth", "default_resolution": DEFAULT_RESOLUTION, "splits": SplitSpec("train", "val", "test"),
+        "optim": OptimConfig("adam", 3e-4), "batch_size": 64,
+    }
     return register_task(TaskSpec(**{**defaults, **kw}))
 
 
@@ -92,6 +113,50 @@ SYNTH_NUM_STEPS = _synthetic(
     class_names=tuple(str(i) for i in range(MAX_STEPS + 1)),
     dataset=synthetic_builder("single", "image", "num_steps"), epochs=30, chance=0.222,
     chance_kind="majority class", description="free 0.25 m steps ahead of the camera, 0..4",
+)
+
+# Multi-frame and pixelwise tasks. Chance = the trivial predictor fitted on train and scored on
+# the default 64 px test split (majority class, mean depth, zero flow); see
+# benchmarks/synth_baselines.py. Epochs keep each task near 1-2 CPU minutes with the full grid.
+SYNTH_EGOMOTION = _synthetic(
+    name="synth_egomotion", paper_name="THOR Egomotion analogue", output="image", nature="structural",
+    head="fusion", loss="ce", metric="top1", num_outputs=len(EGOMOTION_ACTIONS), class_names=EGOMOTION_ACTIONS,
+    frames=2, dataset=synthetic_builder("pairs", "frames", "action"), epochs=30, chance=CHANCE_EGOMOTION,
+    chance_kind="majority class", description="camera action between two frames",
+)
+SYNTH_ACTION = _synthetic(
+    name="synth_action", paper_name="Kinetics Action analogue", output="image", nature="semantic",
+    head="fusion", loss="ce", metric="top1", num_outputs=len(ACTION_CLASSES), class_names=ACTION_CLASSES,
+    frames=CLIP_FRAMES, dataset=synthetic_builder("clips", "frames", "action"), epochs=30, chance=CHANCE_ACTION,
+    chance_kind="majority class", description="how one object moves over a 6-frame clip",
+)
+SYNTH_SEG = _synthetic(
+    name="synth_seg", paper_name="Cityscapes / Pets Seg. analogue", output="pixel", nature="semantic",
+    head="deeplabv3plus", loss="pixel_ce", metric="miou", num_outputs=len(SEG_CLASS_NAMES),
+    class_names=SEG_CLASS_NAMES, dataset=synthetic_builder("single", "image", "seg", sizes=PIXEL_SIZES), epochs=EPOCHS_SEG,
+    batch_size=32, chance=CHANCE_SEG, chance_kind="majority class everywhere",
+    description="per-pixel class: background (ceiling), floor, wall, each shape",
+)
+SYNTH_WALKABLE = _synthetic(
+    name="synth_walkable", paper_name="NYU Walkable analogue", output="pixel", nature="structural",
+    head="deeplabv3plus", loss="pixel_ce", metric="miou", num_outputs=2, class_names=("other", "walkable"),
+    dataset=synthetic_builder("single", "image", "walkable", sizes=PIXEL_SIZES), epochs=EPOCHS_SEG, batch_size=32,
+    chance=CHANCE_WALKABLE, chance_kind="majority class everywhere", secondary_metrics=("iou_walkable",),
+    description="visible floor that is free of objects",
+)
+SYNTH_DEPTH = _synthetic(
+    name="synth_depth", paper_name="NYU / THOR Depth analogue", output="pixel", nature="structural",
+    head="unet", loss="l1", metric="neg_l1", num_outputs=1,
+    dataset=synthetic_builder("single", "image", "depth", valid_positive=True, sizes=PIXEL_SIZES), epochs=EPOCHS_DEPTH,
+    batch_size=32, chance=CHANCE_DEPTH, chance_kind="train mean depth everywhere",
+    description="per-pixel depth in metres (valid where depth > 0)",
+)
+SYNTH_FLOW = _synthetic(
+    name="synth_flow", paper_name="KITTI Opt. Flow analogue", output="pixel", nature="structural",
+    head="siamese_unet", loss="l1", metric="one_minus_fl_all", num_outputs=2, frames=2,
+    dataset=synthetic_builder("pairs", "frames", "flow", valid_field="flow_valid", sizes=PIXEL_SIZES), epochs=EPOCHS_FLOW,
+    batch_size=32, chance=CHANCE_FLOW, chance_kind="zero flow", secondary_metrics=("epe", "fl_all"),
+    description="optical flow (u, v) in pixels from frame 0 to frame 1, valid where it is defined",
 )
 
 __all__ = ["ACTION_CLASSES", "EGOMOTION_ACTIONS", "SyntheticDataset", "synthetic_builder"]

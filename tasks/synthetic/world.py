@@ -247,6 +247,8 @@ class ClipSample:
 def make_clip(rng: np.random.Generator, size: int) -> ClipSample:
     """A static camera; one object moves in one of ACTION_CLASSES ways over the clip."""
     scene, cam = sample_scene(rng)
+    while not scene.objects:  # placement can fail for every object; a clip needs one to move
+        scene, cam = sample_scene(rng)
     action = int(rng.integers(len(ACTION_CLASSES)))
     mover = scene.objects[int(rng.integers(len(scene.objects)))]
     fwd = _forward_xz(cam)
