@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from harness.errors import unknown_name
 
 from .base import Method, MethodConfig
@@ -43,4 +45,12 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "register_method"]
+def create_method(name: str, cfg: MethodConfig, arch: str, seed: int) -> Method:
+    """Build a method with every initialisation (backbone, heads, prototypes) drawn from ``seed``."""
+    spec = get_method(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build(cfg, arch, seed)
+
+
+__all__ = ["METHODS", "MethodSpec", "create_method", "get_method", "register_method"]

@@ -33,7 +33,7 @@ from harness.errors import HarnessError, UsageError
 from harness.paths import user_encoders_dir
 from harness.progress import progress
 
-from . import get_method
+from . import create_method, get_method
 from .augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment
 from .base import Method, MethodConfig, OptimDefaults, apply_overrides
 from .data import SYNTH, Manifest, ManifestImages, build_manifest, epoch_batches
@@ -158,7 +158,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
         manifest.save(run_dir / "manifest.json")
 
     # ---- model, optimiser, schedule ----
-    method = spec.build(cfg, o.arch, o.seed).to(device)
+    method = create_method(o.method, cfg, o.arch, o.seed).to(device)
     use_cuda = device.type == "cuda"
     channels_last = use_cuda if o.channels_last is None else o.channels_last
     if channels_last:
