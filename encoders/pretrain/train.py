@@ -184,7 +184,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
     settings_json = json.dumps(settings, sort_keys=True, default=str)
 
     # ---- resume ----
-    epoch, step_in_epoch, history = 0, 0, []
+    epoch, step_in_epoch, history, losses = 0, 0, [], []  # losses: this epoch's steps so far
     last = run_dir / "last.pt"
     if last.exists() and o.resume:
         state = torch.load(last, map_location="cpu", weights_only=True)
@@ -195,6 +195,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         epoch, step_in_epoch, history = state["epoch"], state["step_in_epoch"], state["history"]
+        losses = list(state["losses"])
         _log(world, f"resuming {run_dir.name} at epoch {epoch} step {step_in_epoch}")
 
     def save_state() -> None:
@@ -202,7 +203,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
             return
         state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "epoch": epoch,
-                 "step_in_epoch": step_in_epoch, "history": history, "settings": settings_json}
+                 "step_in_epoch": step_in_epoch, "history": history, "losses": losses, "settings": settings_json}
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
 
@@ -220,7 +221,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
         batches = epoch_batches(len(manifest), global_batch, epoch, o.seed)[step_in_epoch:]
         local = [b[world.rank * local_batch:(world.rank + 1) * local_batch] for b in batches]
         loader = DataLoader(dataset, batch_sampler=local, num_workers=o.workers, pin_memory=use_cuda)
-        losses, t_epoch = [], time.perf_counter()
+        t_epoch, steps_done = time.perf_counter(), 0
         for images in progress(loader, desc=f"{o.method} epoch {epoch + 1}/{epochs}", total=len(local)):
             global_step = epoch * steps_per_epoch + step_in_epoch
             torch.manual_seed((o.seed * 1_000_003 + global_step) * 131 + world.rank)
@@ -240,20 +241,22 @@ def run_pretrain(o: PretrainOptions) -> dict:
             scaler.update()
             method.on_after_step((global_step + 1) / total_steps)
             losses.append(loss.item())
+            steps_done += 1
             step_in_epoch += 1
             if step_in_epoch == steps_per_epoch:
                 epoch, step_in_epoch = epoch + 1, 0
             if o.save_every and (global_step + 1) % o.save_every == 0 and step_in_epoch:
                 save_state()
-            if global_step == kill_at:
+            if global_step == kill_at and step_in_epoch:  # mid-epoch only: epoch ends save below
                 save_state()
                 os.kill(os.getpid(), signal.SIGKILL)
         entry = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)),
                  "seconds": round(time.perf_counter() - t_epoch, 2),
-                 "images_per_s": round(len(losses) * global_batch / max(1e-9, time.perf_counter() - t_epoch), 1)}
+                 "images_per_s": round(steps_done * global_batch / max(1e-9, time.perf_counter() - t_epoch), 1)}
         if knn_data is not None and (epoch % o.knn_every == 0 or epoch == epochs):
             entry["knn"] = knn_monitor(method.backbone, knn_data, device, o.knn_k)
         history.append(entry)
+        losses = []
         _log(world, f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}"
                     + (f", knn {entry['knn']:.4f}" if "knn" in entry else "") + f" [{entry['seconds']:.1f}s]")
         save_state()
