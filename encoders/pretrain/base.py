@@ -7,6 +7,7 @@ is the whole method state.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -100,7 +101,7 @@ def make_backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
 def mlp(dims: list[int], bn: bool, last_bn: bool = False) -> nn.Sequential:
     """Linear layers with ReLU (and BN) between; ``dims = [in, hidden..., out]``."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         last = i == len(dims) - 2
         layers.append(nn.Linear(a, b, bias=not (bn and not last) and not (last and last_bn)))
         if not last:
@@ -143,8 +144,9 @@ def encode_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- m * target + (1 - m) * online, for parameters; BN statistics stay the target's own."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    targets, values = list(target.parameters()), [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, values, alpha=1 - momentum)
 
 
 def cosine_momentum(base: float, progress: float) -> float:

@@ -81,11 +81,11 @@ def log_counts(num_classes: int, top: int | None = None) -> list[int]:
     if num_classes == 1:
         return [top]
     rate = math.log(top) / (num_classes - 1)
-    return [int(math.floor(math.exp(rate * n) + 0.5)) for n in range(num_classes)]
+    return [math.floor(math.exp(rate * n) + 0.5) for n in range(num_classes)]
 
 
 def fraction_counts(sizes: Sequence[int], frac: float) -> list[int]:
-    return [max(1, int(math.floor(s * frac + 0.5))) if s else 0 for s in sizes]
+    return [max(1, math.floor(s * frac + 0.5)) if s else 0 for s in sizes]
 
 
 VARIANTS = ("full", "half", "quarter", "lin", "log")
@@ -132,8 +132,8 @@ def limit_manifest(manifest: Manifest, limit: int, seed: int) -> Manifest:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 def synthetic_manifest(n: int, size: int) -> Manifest:
-    from tasks.synthetic.store import load_split
     from tasks.synthetic.render import SHAPE_NAMES
+    from tasks.synthetic.store import load_split
 
     labels = load_split("single", "train", n, size, fields=("shape_cls",))["shape_cls"]
     return Manifest([{"kind": SYNTH, "size": size}], [f"synth:{i}" for i in range(n)],

@@ -12,8 +12,8 @@ import torch
 class LARS(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
                  eta: float = 0.001, exclude_1d: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      exclude_1d=exclude_1d))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
+                                  "exclude_1d": exclude_1d})
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

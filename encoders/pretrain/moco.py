@@ -65,8 +65,9 @@ class MoCo(Method):
     def _momentum_update(self) -> None:
         m = self.cfg.momentum
         for online, key in ((self.backbone, self.key_backbone), (self.projector, self.key_projector)):
-            for po, pk in zip(online.parameters(), key.parameters()):
-                pk.mul_(m).add_(po.detach(), alpha=1 - m)
+            keys, values = list(key.parameters()), [p.detach() for p in online.parameters()]
+            torch._foreach_mul_(keys, m)
+            torch._foreach_add_(keys, values, alpha=1 - m)
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:

@@ -87,7 +87,7 @@ def _optimizer(method: Method, opt: OptimDefaults, lr: float) -> torch.optim.Opt
     if opt.name == "lars":
         return LARS(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, foreach=True)
     raise UsageError(f"optim.name {opt.name!r}: use sgd or lars")
 
 
@@ -120,6 +120,22 @@ def knn_monitor(backbone: torch.nn.Module, data: dict[str, torch.Tensor], device
                        data["query_y"].to(device), k=k)
     backbone.train(was_training)
     return acc
+
+
+def train_step(model: torch.nn.Module, method: Method, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               augment: MultiCropAugment, images: torch.Tensor, epoch: int, autocast, channels_last: bool) -> float:
+    """One optimisation step on a uint8 batch: augment, loss, backward, hooks, step. Returns the loss."""
+    views = augment(images)
+    if channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with autocast:
+        loss, _ = model(views, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    method.on_after_backward(epoch)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
 
 
 def _run_name(o: PretrainOptions, manifest: Manifest, epochs: int) -> str:
@@ -227,20 +243,12 @@ def run_pretrain(o: PretrainOptions) -> dict:
             torch.manual_seed((o.seed * 1_000_003 + global_step) * 131 + world.rank)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(global_step, total_steps, warmup, base_lr, cfg.optim)
-            views = augment(images.to(device, non_blocking=True))
-            if channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with autocast:
-                loss, _ = model(views, epoch)
-            if not torch.isfinite(loss):
-                raise HarnessError(f"loss became {loss.item()} at step {global_step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            method.on_after_backward(epoch)
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(model, method, optimizer, scaler, augment, images.to(device, non_blocking=True),
+                              epoch, autocast, channels_last)
+            if not math.isfinite(loss):
+                raise HarnessError(f"loss became {loss} at step {global_step}; lower --lr")
             method.on_after_step((global_step + 1) / total_steps)
-            losses.append(loss.item())
+            losses.append(loss)
             steps_done += 1
             step_in_epoch += 1
             if step_in_epoch == steps_per_epoch:

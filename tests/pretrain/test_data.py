@@ -1,12 +1,22 @@
 """Subset variants (paper Section 3.2), the seeded manifest, folder reading."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 
-from encoders.pretrain.data import (Manifest, ManifestImages, build_manifest, combine, epoch_batches,
-                                    folder_manifest, linear_counts, log_counts, subset)
+from encoders.pretrain.data import (
+    Manifest,
+    ManifestImages,
+    build_manifest,
+    combine,
+    epoch_batches,
+    folder_manifest,
+    linear_counts,
+    log_counts,
+    subset,
+)
 from harness.errors import HarnessError, UsageError
 
 
@@ -21,7 +31,7 @@ def test_imagenet_unbalanced_counts():
     assert lin[0] == 1 and lin[-1] == 1000 and sum(lin) == 500_500  # the paper's 500.5K
     log = log_counts(1000)
     assert log[0] == 1 and log[-1] == 1000
-    assert all(a <= b for a, b in zip(log, log[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(log))
     # class n keeps round(exp(ln(1000) * (n-1) / 999)), computed independently here
     assert log[499] == round(1000 ** (499 / 999))
 
@@ -74,6 +84,6 @@ def test_folder_manifest_reads_images_and_combination(tmp_path):
 def test_epoch_batches_are_a_seeded_permutation():
     batches = epoch_batches(10, 3, epoch=0, seed=0)
     assert len(batches) == 3 and all(len(b) == 3 for b in batches)
-    flat = sum(batches, [])
+    flat = [i for b in batches for i in b]
     assert len(set(flat)) == 9
     assert batches == epoch_batches(10, 3, 0, 0) and batches != epoch_batches(10, 3, 1, 0)

@@ -20,9 +20,18 @@ SETTINGS = {"mocov2": ["--set", "queue=16", "--set", "dim=8"],
 
 
 def _run(args, tmp_path, env_extra=None, launcher=None, timeout=240):
+    """Run the CLI in its own process group, so that a timeout also ends torchrun's workers."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     cmd = (launcher or [sys.executable]) + ["-m", "harness", "pretrain", *args]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("method", ["mocov2", "swav"])
@@ -41,7 +50,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(method, tmp_path):
     assert last_a["method"].keys() == last_b["method"].keys()
     for key, value in last_a["method"].items():  # weights, BN statistics, queues, key encoders
         assert torch.equal(value, last_b["method"][key]), key
-    losses = lambda h: [e["loss"] for e in h if "loss" in e]  # noqa: E731
+    losses = lambda h: [e["loss"] for e in h if "loss" in e]
     assert losses(last_a["history"]) == losses(last_b["history"])
 
     from encoders.registry import create_encoder
