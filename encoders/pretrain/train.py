@@ -192,7 +192,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
     model = method
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index or 0] if use_cuda else None, broadcast_buffers=False)
+            method, device_ids=[torch.cuda.current_device()] if use_cuda else None, broadcast_buffers=False)
 
     settings = {"method": o.method, "arch": o.arch, "epochs": epochs, "batch_size": global_batch, "lr": base_lr,
                 "resolution": resolution, "seed": o.seed, "manifest_sha256": manifest.digest(),
