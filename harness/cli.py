@@ -228,10 +228,54 @@ def _not_yet(name: str) -> None:
     raise HarnessError(f"'harness {name}' is not available yet in this version")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pretrain() -> None:
-    """Train an encoder with a self-supervised method (not available yet)."""
-    _not_yet("pretrain")
+@app.command()
+def pretrain(
+    method: Annotated[str, typer.Option("--method", "-m", help="mocov2, mocov1, swav, simclr, byol")],
+    data: Annotated[list[str], typer.Option("--data", help="'synth' or an image folder (repeat to combine)")],
+    variant: Annotated[str, typer.Option("--variant", help="full, half, quarter, lin, log")] = "full",
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="reuse a saved manifest.json")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="torchvision ResNet")] = "resnet18",
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="default: the method's")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=2, help="global batch")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="default: published lr x batch/ref")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="at most N training images")] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=16, help="crop size")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="runs folder")] = Path("runs/pretrain"),
+    name: Annotated[str | None, typer.Option("--name", help="run (and encoder) name")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="method setting KEY=VALUE, e.g. "
+                                                         "queue=4096, temperature=0.2, optim.lr=0.1")] = None,
+    save_every: Annotated[int, typer.Option("--save-every", min=0, help="also checkpoint every N steps")] = 0,
+    knn_every: Annotated[int, typer.Option("--knn-every", min=0, help="epochs between kNN checks")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="default: on for CUDA")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from last.pt")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train an encoder with a self-supervised method (torchrun for several GPUs or nodes)."""
+    from encoders.pretrain.train import PretrainOptions, run_pretrain
+
+    overrides = {}
+    for item in setting or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: use KEY=VALUE")
+        overrides[key.strip()] = value.strip()
+    result = run_pretrain(PretrainOptions(
+        method=method, data=data, variant=variant, manifest=manifest, arch=arch, epochs=epochs,
+        batch_size=batch_size, lr=lr, limit=limit, resolution=resolution, seed=seed, device=device, out=out,
+        name=name, overrides=overrides, save_every=save_every, knn_every=knn_every, workers=workers, amp=amp,
+        resume=resume))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if json_out:
+        _emit(result)
+    else:
+        knn = result["knn"]
+        knn_s = f", knn {knn[0]['knn']:.3f} -> {knn[-1]['knn']:.3f}" if knn else ""
+        typer.echo(f"{result['method']} {result['arch']}: {result['epochs']} epochs on {result['images']} images"
+                   f"{knn_s} [{result['timings']['total_s']:.1f}s] -> {result['checkpoint']}")
 
 
 @app.command()

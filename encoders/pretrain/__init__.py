@@ -1,0 +1,56 @@
+"""Self-supervised pretraining (``harness pretrain``): one module per method, a shared loop in train.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import unknown_name
+
+from .base import Method, MethodConfig
+from .byol import BYOL, BYOLConfig
+from .moco import MoCo, MoCoConfig, mocov1_config
+from .simclr import SimCLR, SimCLRConfig
+from .swav import SwAV, SwAVConfig
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config: Callable[[], MethodConfig]  # published defaults
+    build: Callable[[MethodConfig, str, int], Method]  # (config, arch, seed) -> method
+    description: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config: Callable[[], MethodConfig], build: Callable[..., Method],
+                    description: str) -> None:
+    METHODS[name] = MethodSpec(name, config, build, description)
+
+
+register_method("mocov2", MoCoConfig, MoCo, "MoCo v2: momentum encoder, queue of negatives, MLP head, blur")
+register_method("mocov1", mocov1_config, MoCo, "MoCo v1: as v2 with a linear head, T 0.07, no blur")
+register_method("swav", SwAVConfig, SwAV, "SwAV: online clustering with Sinkhorn-Knopp, multi-crop")
+register_method("simclr", SimCLRConfig, SimCLR, "SimCLR: NT-Xent with negatives from every rank")
+register_method("byol", BYOLConfig, BYOL, "BYOL: predict a momentum target network, no negatives")
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]
+
+
+def create_method(name: str, cfg: MethodConfig, arch: str, seed: int) -> Method:
+    """Build a method with every initialisation (backbone, heads, prototypes) drawn from ``seed``."""
+    spec = get_method(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build(cfg, arch, seed)
+
+
+__all__ = ["METHODS", "MethodSpec", "create_method", "get_method", "register_method"]

@@ -1,0 +1,154 @@
+"""What every method shares: a torchvision backbone without classifier, MLP heads, optimiser defaults.
+
+A method is an ``nn.Module`` whose ``forward(views, epoch)`` returns the loss; everything it must carry
+across a restart (queues, target networks) lives in its parameters and buffers, so that ``state_dict``
+is the whole method state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from harness.errors import UsageError
+
+from .augment import AugmentConfig
+
+
+@dataclass
+class OptimDefaults:
+    """Published optimiser settings; ``lr`` is for ``lr_batch`` images and scales linearly with the batch."""
+
+    name: str = "sgd"  # sgd | lars
+    lr: float = 0.03
+    lr_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    cosine: bool = True
+    final_lr_frac: float = 0.0
+
+
+@dataclass
+class MethodConfig:
+    """Fields shared by all methods; subclasses add theirs. ``epochs``/``batch_size`` are the published ones."""
+
+    epochs: int = 200
+    batch_size: int = 256
+    optim: OptimDefaults = field(default_factory=OptimDefaults)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _coerce(value: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, tuple):
+        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        if len(parts) != len(current):
+            raise ValueError(f"expected {len(current)} comma-separated numbers, got {value!r}")
+        return tuple(type(c)(p) for c, p in zip(current, parts))
+    return value
+
+
+def apply_overrides(cfg: MethodConfig, overrides: dict[str, str]) -> MethodConfig:
+    """``key=value`` settings from the CLI; ``optim.lr`` / ``augment.blur_p`` reach the nested records."""
+    for key, value in overrides.items():
+        target, name = cfg, key
+        if "." in key:
+            head, name = key.split(".", 1)
+            target = getattr(cfg, head, None)
+            if target is None or not hasattr(target, "__dataclass_fields__"):
+                raise UsageError(f"--set {key}: {head!r} is not a group of settings")
+        known = [f.name for f in fields(target)]
+        if name not in known:
+            raise UsageError(f"--set {key}: unknown setting {name!r}; known: {', '.join(known)}")
+        try:
+            setattr(target, name, _coerce(value, getattr(target, name)))
+        except ValueError as exc:
+            raise UsageError(f"--set {key}={value}: {exc}") from None
+    return cfg
+
+
+def make_backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
+    """torchvision ResNet with ``fc`` replaced by identity: its state dict is the harness checkpoint layout."""
+    if not arch.startswith(("resnet", "wide_resnet")) or not hasattr(torchvision.models, arch):
+        raise UsageError(f"--arch {arch!r}: use a torchvision ResNet (resnet18, resnet34, resnet50, ...)")
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        net = getattr(torchvision.models, arch)(weights=None)
+    finally:
+        torch.random.set_rng_state(state)
+    width = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, width
+
+
+def mlp(dims: list[int], bn: bool, last_bn: bool = False) -> nn.Sequential:
+    """Linear layers with ReLU (and BN) between; ``dims = [in, hidden..., out]``."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=not (bn and not last) and not (last and last_bn)))
+        if not last:
+            if bn:
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(nn.ReLU(inplace=True))
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
+    return nn.Sequential(*layers)
+
+
+class Method(nn.Module):
+    """Base class: ``backbone`` is the encoder we keep; ``forward(views, epoch) -> (loss, logs)``."""
+
+    backbone: nn.Module
+
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def on_after_backward(self, epoch: int) -> None:
+        """Hook between backward and the optimiser step (SwAV freezes its prototypes here)."""
+
+    @torch.no_grad()
+    def on_after_step(self, progress: float) -> None:
+        """Hook after the optimiser step; ``progress`` in [0, 1] over the whole run (momentum encoders)."""
+
+
+def encode_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Backbone embeddings of all views, one forward per resolution (multi-crop), in view order."""
+    out, i = [], 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-1] == views[i].shape[-1]:
+            j += 1
+        out.append(backbone(torch.cat(views[i:j])))
+        i = j
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- m * target + (1 - m) * online, for parameters; BN statistics stay the target's own."""
+    targets, values = list(target.parameters()), [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, values, alpha=1 - momentum)
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """BYOL's schedule: from ``base`` to 1 along a cosine."""
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
