@@ -29,6 +29,7 @@ from harness.atomic import write_json
 from harness.errors import UsageError
 from harness.features import EncodeSettings, autocast_for, loader, prepare
 from harness.runner import EvalOptions, _request, run_eval
+from harness.train import predict
 from heads import get_head
 from tasks import get_task
 from tasks.losses import get_loss
@@ -76,7 +77,10 @@ def reference_dense(task, opts, epochs, device) -> float:
         for b in loader(train, bs, device):
             with torch.no_grad():
                 feats = encoder(b["image"].to(device), taps)
-            loss = loss_fn(head(feats).float(), b["target"].to(device), b.get("valid"), task)
+            target = b["target"].to(device)
+            valid = b.get("valid")
+            valid = valid.to(device) if valid is not None else None
+            loss = loss_fn(predict(head, feats, target, task), target, valid, task)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -85,8 +89,10 @@ def reference_dense(task, opts, epochs, device) -> float:
             metric = make_metric(task)
             with torch.no_grad():
                 for b in loader(split, bs, device):
-                    metric.update(head(encoder(b["image"].to(device), taps)).float(), b["target"].to(device),
-                                  b.get("valid"))
+                    target = b["target"].to(device)
+                    valid = b.get("valid")
+                    metric.update(predict(head, encoder(b["image"].to(device), taps), target, task), target,
+                                  valid.to(device) if valid is not None else None)
             metric.compute()
     return time.perf_counter() - t0
 

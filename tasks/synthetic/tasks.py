@@ -14,7 +14,7 @@ from .world import ACTION_CLASSES, CLIP_FRAMES, EGOMOTION_ACTIONS, MAX_OBJECTS, 
 
 DEFAULT_RESOLUTION = 64
 
-# Trivial-predictor scores on the default test split, measured by benchmarks/synth_baselines.py.
+# Trivial-predictor scores on the default test split, measured by benchmarks/synthetic_trivial.py.
 CHANCE_EGOMOTION = 0.188
 CHANCE_ACTION = 0.1733
 CHANCE_SEG = 0.065
@@ -117,7 +117,7 @@ SYNTH_NUM_STEPS = _synthetic(
 
 # Multi-frame and pixelwise tasks. Chance = the trivial predictor fitted on train and scored on
 # the default 64 px test split (majority class, mean depth, zero flow); see
-# benchmarks/synth_baselines.py. Epochs keep each task near 1-2 CPU minutes with the full grid.
+# benchmarks/synthetic_trivial.py. Epochs keep each task near 1-2 CPU minutes with the full grid.
 SYNTH_EGOMOTION = _synthetic(
     name="synth_egomotion", paper_name="THOR Egomotion analogue", output="image", nature="structural",
     head="fusion", loss="ce", metric="top1", num_outputs=len(EGOMOTION_ACTIONS), class_names=EGOMOTION_ACTIONS,

@@ -4,7 +4,7 @@ Majority class (image-level: the most frequent train label; pixelwise: the most 
 train pixel class everywhere), train mean depth everywhere, zero flow. Fitted on train,
 scored on the task's test split with the task's own metric.
 
-    PYTHONPATH=. python benchmarks/synth_baselines.py [task ...]
+    PYTHONPATH=. python benchmarks/synthetic_trivial.py [task ...]
 """
 
 from __future__ import annotations
