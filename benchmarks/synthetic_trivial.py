@@ -26,7 +26,9 @@ def _stack(ds, key: str) -> torch.Tensor | None:
 
 
 def trivial_score(task: TaskSpec) -> float:
-    req = lambda split: DataRequest(split=split, data_root=None, resolution=None, limit=None, train=False)
+    def req(split: str) -> DataRequest:
+        return DataRequest(split=split, data_root=None, resolution=None, limit=None, train=False)
+
     train, test = task.dataset(task, req(task.splits.train)), task.dataset(task, req(task.splits.test))
     y_tr, y_te = _stack(train, "target"), _stack(test, "target")
     v_tr, v_te = _stack(train, "valid"), _stack(test, "valid")

@@ -42,7 +42,7 @@ class UNetDecoder(nn.Module):
 
     def forward(self, pyramid: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         x = pyramid[PYRAMID[0]]
-        for block, skip_name in zip(self.ups, PYRAMID[1:]):
+        for block, skip_name in zip(self.ups, PYRAMID[1:], strict=True):
             skip = pyramid[skip_name]
             x = resize_to(block(x), skip.shape[-2:]) + skip
         return resize_to(self.final(x), size)

@@ -60,7 +60,7 @@ def _coerce(value: str, current: Any) -> Any:
         parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
         if len(parts) != len(current):
             raise ValueError(f"expected {len(current)} comma-separated numbers, got {value!r}")
-        return tuple(type(c)(p) for c, p in zip(current, parts))
+        return tuple(type(c)(p) for c, p in zip(current, parts, strict=True))
     return value
 
 

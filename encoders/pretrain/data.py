@@ -99,9 +99,9 @@ def _class_counts(variant: str, sizes: list[int]) -> list[int]:
     if variant == "quarter":
         return fraction_counts(sizes, 0.25)
     if variant == "lin":
-        return [min(c, s) for c, s in zip(linear_counts(len(sizes)), sizes)]
+        return [min(c, s) for c, s in zip(linear_counts(len(sizes)), sizes, strict=True)]
     if variant == "log":
-        return [min(c, s) for c, s in zip(log_counts(len(sizes)), sizes)]
+        return [min(c, s) for c, s in zip(log_counts(len(sizes)), sizes, strict=True)]
     raise UsageError(f"--variant {variant!r}: use one of {', '.join(VARIANTS)}")
 
 

@@ -133,7 +133,8 @@ SYNTH_ACTION = _synthetic(
 SYNTH_SEG = _synthetic(
     name="synth_seg", paper_name="Cityscapes / Pets Seg. analogue", output="pixel", nature="semantic",
     head="deeplabv3plus", loss="pixel_ce", metric="miou", num_outputs=len(SEG_CLASS_NAMES),
-    class_names=SEG_CLASS_NAMES, dataset=synthetic_builder("single", "image", "seg", sizes=PIXEL_SIZES), epochs=EPOCHS_SEG,
+    class_names=SEG_CLASS_NAMES, dataset=synthetic_builder("single", "image", "seg", sizes=PIXEL_SIZES),
+    epochs=EPOCHS_SEG,
     batch_size=32, chance=CHANCE_SEG, chance_kind="majority class everywhere",
     description="per-pixel class: background (ceiling), floor, wall, each shape",
 )
@@ -154,7 +155,8 @@ SYNTH_DEPTH = _synthetic(
 SYNTH_FLOW = _synthetic(
     name="synth_flow", paper_name="KITTI Opt. Flow analogue", output="pixel", nature="structural",
     head="siamese_unet", loss="l1", metric="one_minus_fl_all", num_outputs=2, frames=2,
-    dataset=synthetic_builder("pairs", "frames", "flow", valid_field="flow_valid", sizes=PIXEL_SIZES), epochs=EPOCHS_FLOW,
+    dataset=synthetic_builder("pairs", "frames", "flow", valid_field="flow_valid", sizes=PIXEL_SIZES),
+    epochs=EPOCHS_FLOW,
     batch_size=32, chance=CHANCE_FLOW, chance_kind="zero flow", secondary_metrics=("epe", "fl_all"),
     description="optical flow (u, v) in pixels from frame 0 to frame 1, valid where it is defined",
 )

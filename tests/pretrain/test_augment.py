@@ -13,7 +13,7 @@ def test_multicrop_views_shapes_and_seeded_reproducibility():
     torch.manual_seed(5)
     b = aug(images)
     assert [tuple(v.shape) for v in a] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3  # 32 * 96/224 -> 16 (min)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], a[1])  # two independent draws
 
 

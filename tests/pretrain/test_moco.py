@@ -18,7 +18,7 @@ def test_momentum_update_is_exponential_average():
     before_key = [p.clone() for p in m.key_backbone.parameters()]
     online = [p.clone() for p in m.backbone.parameters()]
     m._momentum_update()
-    for k0, q, k1 in zip(before_key, online, m.key_backbone.parameters()):
+    for k0, q, k1 in zip(before_key, online, m.key_backbone.parameters(), strict=True):
         torch.testing.assert_close(k1, 0.9 * k0 + 0.1 * q, rtol=0, atol=1e-6)
     assert not any(p.requires_grad for p in m.key_backbone.parameters())
 

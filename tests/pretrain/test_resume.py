@@ -50,7 +50,9 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(method, tmp_path):
     assert last_a["method"].keys() == last_b["method"].keys()
     for key, value in last_a["method"].items():  # weights, BN statistics, queues, key encoders
         assert torch.equal(value, last_b["method"][key]), key
-    losses = lambda h: [e["loss"] for e in h if "loss" in e]
+    def losses(h):
+        return [e["loss"] for e in h if "loss" in e]
+
     assert losses(last_a["history"]) == losses(last_b["history"])
 
     from encoders.registry import create_encoder

@@ -102,7 +102,9 @@ def test_flow_outlier_thresholds_and_score():
     # EPE 2.9 with |gt| 0 -> inlier (needs > 3 px); EPE 5 with |gt| 50 -> outlier (5% is 2.5 px).
     gt = torch.tensor([[100.0, 0.0], [10.0, 0.0], [0.0, 0.0], [30.0, 40.0], [1.0, 1.0]])
     pred = torch.tensor([[104.0, 0.0], [10.0, 4.0], [2.9, 0.0], [33.0, 44.0], [1e3, 1e3]])
-    to_map = lambda v: v.T.reshape(1, 2, 1, 5)
+    def to_map(v):
+        return v.T.reshape(1, 2, 1, 5)
+
     out = flow_outliers(to_map(pred), to_map(gt))[0, 0].tolist()
     assert out == [False, True, False, True, True]
     metric = FlowScore(_task(2))
