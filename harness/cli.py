@@ -109,6 +109,29 @@ def encoders_fetch(
             typer.echo(f"{n}: {p}")
 
 
+def _print_results(records: list[dict]) -> None:
+    """The result table: one row per encoder x task (failed tasks with their error)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
+    for r in records:
+        if r["status"] != "ok":
+            table.add_row(r["encoder"], r["task"], r.get("metric", ""), "FAILED", str(r.get("error", ""))[:60],
+                          "", "", "", "")
+            continue
+        std = f" ± {r['secondary']['test_std']:.4f}" if "test_std" in r.get("secondary", {}) else ""
+        c = r["cache"]
+        chance = f"{r['chance']:.3f}" if r.get("chance") is not None else "-"
+        cache = "existing record" if r.get("skipped") else f"{c.get('hits', 0)} hit / {c.get('misses', 0)} miss"
+        table.add_row(r["encoder"], r["task"], r["metric"], f"{r['test']:.4f}{std}", f"{r['val']:.4f}", chance,
+                      f"{r['config'].get('label', '')} ({r['epoch']})", f"{r['timings'].get('total_s', 0):.1f}s", cache)
+    console = Console(width=max(150, Console().width))
+    console.print(table)
+    if any(r.get("skipped") for r in records):
+        console.print("'existing record': a record with the same settings was found and kept; --force redoes it.")
+
+
 @app.command("eval")
 def eval_cmd(
     encoder: Annotated[str, typer.Option("--encoder", "-e", help="catalog name or checkpoint path")],
@@ -158,18 +181,7 @@ def eval_cmd(
     if json_out:
         _emit(records[0] if len(records) == 1 else records)
     else:
-        for r in records:
-            if r["status"] != "ok":
-                typer.echo(f"{r['task']}: FAILED ({r['error']})")
-                continue
-            skipped = " (existing record; --force to redo)" if r.get("skipped") else ""
-            chance = f" chance {r['chance']:.3f}" if r.get("chance") is not None else ""
-            std = f" +- {r['secondary']['test_std']:.4f}" if "test_std" in r.get("secondary", {}) else ""
-            c = r["cache"]
-            typer.echo(f"{r['encoder']} / {r['task']}: test {r['metric']} {r['test']:.4f}{std} (val {r['val']:.4f}, "
-                       f"epoch {r['epoch']}, {r['config'].get('label', '')}){chance} "
-                       f"[{r['timings'].get('total_s', 0):.1f}s, cache {c.get('hits', 0)} hit / "
-                       f"{c.get('misses', 0)} miss]{skipped}")
+        _print_results(records)
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
 

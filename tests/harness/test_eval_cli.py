@@ -113,3 +113,14 @@ def test_not_yet_commands_exit_1():
     for cmd in ("report",):
         proc = harness(cmd)
         assert proc.returncode == 1 and "not available yet" in proc.stderr
+
+
+def test_table_output_shows_the_record_and_that_it_was_kept(record, tmp_path_factory):
+    rec, out = record
+    proc = harness("eval", "--encoder", "resnet18", "--task", "synth_count", "--limit", "120", "--epochs", "2",
+                   "--device", "cpu", "--out", str(out),
+                   env_extra={"HARNESS_CACHE": str(tmp_path_factory.getbasetemp() / "harness-cache")})
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "synth_count" in line)
+    assert f"{rec['test']:.4f}" in row and "top1" in row and "existing record" in row
+    assert "--force redoes it" in proc.stdout
