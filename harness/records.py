@@ -12,7 +12,7 @@ from typing import Any
 
 from .atomic import write_json
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the linear head standardises its input (parameter-free BatchNorm)
 
 
 def versions() -> dict[str, str]:

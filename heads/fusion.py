@@ -12,6 +12,7 @@ from torch import nn
 from encoders.base import Tap
 from tasks.spec import TaskSpec
 
+from .linear import Standardize
 from .registry import register_head
 
 HIDDEN = 512
@@ -23,13 +24,14 @@ class FusionHead(nn.Module):
     def __init__(self, in_features: int, frames: int, num_classes: int, hidden: int = HIDDEN):
         super().__init__()
         self.frames = frames
+        self.norm = Standardize(in_features)
         self.fuse = nn.Sequential(nn.Linear(frames * in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = feats["embedding"].float()
         if emb.dim() != 3 or emb.shape[1] != self.frames:
             raise ValueError(f"fusion head expects (B, {self.frames}, D) embeddings, got {tuple(emb.shape)}")
-        return self.fuse(emb.flatten(1))
+        return self.fuse(self.norm(emb).flatten(1))
 
 
 @register_head("fusion", taps=lambda task: ("embedding",),

@@ -118,3 +118,31 @@ def test_fusion_rejects_the_wrong_number_of_frames():
     head = HEADS["fusion"].build({t.name: t for t in build_resnet("resnet18").taps}, _task(5, 2))
     with pytest.raises(ValueError, match="expects"):
         head({"embedding": torch.zeros(4, 6, 512)})
+
+
+def test_linear_head_standardises_with_train_statistics_and_takes_a_batch_of_one():
+    """Parameter-free BatchNorm before Linear: in training, batch statistics (float64 reference);
+    at evaluation, the running train statistics; a training batch of one uses the running ones."""
+    from heads.linear import LinearHead
+
+    torch.manual_seed(0)
+    head = LinearHead(6, 3)
+    scales = torch.tensor([1e-3, 1e-1, 1.0, 10.0, 100.0, 1e3])
+    x = torch.randn(64, 6) * scales + 5.0
+    head.train()
+    got = head({"embedding": x})
+    xd = x.double()
+    z = (xd - xd.mean(0)) / torch.sqrt(xd.var(0, unbiased=False) + head.norm.eps)
+    want = z @ head.fc.weight.double().T + head.fc.bias.double()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    assert [n for n, _ in head.named_parameters()] == ["fc.weight", "fc.bias"]
+    mean_before = head.norm.running_mean.clone()
+    one = head({"embedding": x[:1]})  # no error, and running statistics untouched
+    torch.testing.assert_close(head.norm.running_mean, mean_before)
+    rm, rv = head.norm.running_mean.double(), head.norm.running_var.double()
+    z1 = (xd[:1] - rm) / torch.sqrt(rv + head.norm.eps)
+    torch.testing.assert_close(one.double(), z1 @ head.fc.weight.double().T + head.fc.bias.double(),
+                               rtol=1e-4, atol=1e-4)
+    head.eval()
+    torch.testing.assert_close(head({"embedding": x[:5]}).double(), (((xd[:5] - rm) / torch.sqrt(rv + head.norm.eps))
+                               @ head.fc.weight.double().T + head.fc.bias.double()), rtol=1e-4, atol=1e-4)
