@@ -236,10 +236,6 @@ def cache_clear(
     typer.echo(f"removed {files} file(s), {size / 2**20:.1f} MiB")
 
 
-def _not_yet(name: str) -> None:
-    raise HarnessError(f"'harness {name}' is not available yet in this version")
-
-
 @app.command()
 def pretrain(
     method: Annotated[str, typer.Option("--method", "-m", help="mocov2, mocov1, swav, simclr, byol")],
@@ -329,10 +325,36 @@ def cka(
         typer.echo(f"\nwrote {Path(out) / 'cka.json'} and {len(result.heatmaps)} heatmap(s)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def report() -> None:
-    """Aggregate result records into tables and figures (not available yet)."""
-    _not_yet("report")
+@app.command()
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="folder of result records (searched recursively)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="where report.json, tables and figures go "
+                                                              "(default: RESULTS_DIR/report)")] = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="the supervised baseline encoder")] = "supervised_in",
+    group_by: Annotated[str, typer.Option("--group-by", help="method, data, epochs or balanced (A minus B)")] = (
+        "method"),
+    a: Annotated[Optional[str], typer.Option("--a", help="group A (default: the most frequent value)")] = None,
+    b: Annotated[Optional[str], typer.Option("--b", help="group B (default: the second most frequent)")] = None,
+    imagenet_task: Annotated[str, typer.Option("--imagenet-task", help="the task whose test score is ImageNet "
+                                                                       "top-1")] = "imagenet_cls",
+    json_out: JsonOpt = False,
+) -> None:
+    """Aggregate result records into tables and figures (the paper's analyses)."""
+    from .report import ReportOptions, build_report, status_lines, summary_table
+
+    doc = build_report(results_dir, out, ReportOptions(baseline=baseline, group_by=group_by, a=a, b=b,
+                                                       imagenet_task=imagenet_task))
+    if json_out:
+        _emit(doc)
+        for line in status_lines(doc):
+            _err(line)
+        return
+    from rich.console import Console
+
+    console = Console(width=max(150, Console().width))
+    console.print(summary_table(doc))
+    for line in status_lines(doc):
+        console.print(line, highlight=False, markup=False)
 
 
 def main() -> None:

@@ -109,10 +109,17 @@ def test_tasks_json_shape():
         assert isinstance(r["frames"], int) and isinstance(r["epochs"], int) and r["head"] and r["metric"]
 
 
-def test_not_yet_commands_exit_1():
-    for cmd in ("report",):
-        proc = harness(cmd)
-        assert proc.returncode == 1 and "not available yet" in proc.stderr
+def test_report_reads_a_real_eval_record(record, tmp_path):
+    """End to end: `harness report` over eval's own output ranks the record's test score."""
+    rec, out = record
+    proc = harness("report", str(out), "--out", str(tmp_path / "rep"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (row,) = doc["analyses"]["ranks"]["tables"]["ranks"]
+    assert row["encoder"] == rec["encoder"] and row["synth_count_rank"] == 1 and row["mean_rank"] == 1
+    assert row["synth_count"] == pytest.approx(rec["test"])
+    assert doc["analyses"]["baseline_gain"]["status"] == "skipped"
+    assert "supervised_in" in doc["analyses"]["baseline_gain"]["reason"]
 
 
 def test_table_output_shows_the_record_and_that_it_was_kept(record, tmp_path_factory):
