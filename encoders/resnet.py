@@ -79,15 +79,19 @@ class ResNetTaps(TapModel):
         return {t: out[t] for t in taps}
 
 
-def build_resnet(arch: str, seed: int = 0) -> ResNetTaps:
-    """A randomly initialised torchvision ResNet (seeded), without its classifier."""
+def seeded_resnet(arch: str, seed: int) -> torchvision.models.ResNet:
+    """A torchvision ResNet initialised from ``seed``, leaving the global RNG as it was."""
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        net = getattr(torchvision.models, arch)(weights=None)
+        return getattr(torchvision.models, arch)(weights=None)
     finally:
         torch.random.set_rng_state(gen_state)
-    return ResNetTaps(net)
+
+
+def build_resnet(arch: str, seed: int = 0) -> ResNetTaps:
+    """A randomly initialised torchvision ResNet (seeded), without its classifier."""
+    return ResNetTaps(seeded_resnet(arch, seed))
 
 
 def infer_resnet_arch(state: dict[str, torch.Tensor]) -> str:

@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from encoders.resnet import seeded_resnet
 from harness.errors import UsageError
 
 from .augment import AugmentConfig
@@ -87,12 +88,7 @@ def make_backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
     """torchvision ResNet with ``fc`` replaced by identity: its state dict is the harness checkpoint layout."""
     if not arch.startswith(("resnet", "wide_resnet")) or not hasattr(torchvision.models, arch):
         raise UsageError(f"--arch {arch!r}: use a torchvision ResNet (resnet18, resnet34, resnet50, ...)")
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        net = getattr(torchvision.models, arch)(weights=None)
-    finally:
-        torch.random.set_rng_state(state)
+    net = seeded_resnet(arch, seed)
     width = net.fc.in_features
     net.fc = nn.Identity()
     return net, width
