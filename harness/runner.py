@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 
 from encoders.base import FrozenEncoder
 from encoders.registry import create_encoder
+from encoders.resnet import DILATED_TAP
 from heads import count_parameters, get_head
 from tasks.spec import DataRequest, TaskSpec
 
@@ -99,6 +100,11 @@ def evaluate_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, dev
     t0 = time.perf_counter()
     head_entry = get_head(task.head)
     taps = tuple(head_entry.taps(task))
+    missing = [t for t in taps if t not in encoder.taps]
+    if missing:
+        hint = " (the dilated last stage that torchvision ResNets declare)" if DILATED_TAP in missing else ""
+        raise HarnessError(f"task {task.name}: its {task.head} head reads tap(s) {missing}{hint}, which encoder "
+                           f"{encoder.name} does not declare (it has {list(encoder.taps)}); use an encoder that does")
     bs = opts.batch_size or task.batch_size
     copies = (opts.aug_copies or task.aug_copies) if task.train_transform.random else 1
     settings = EncodeSettings(device=device, batch_size=bs, num_workers=opts.num_workers, precision=opts.precision,

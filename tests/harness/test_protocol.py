@@ -117,3 +117,22 @@ def test_augmented_copies_are_encoded_once_each_and_cycled(tmp_path, monkeypatch
     assert rec["cache"]["misses"] == 5  # 3 train copies + val + test
     record = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
     assert record["transform"]["train"] != record["transform"]["eval"]
+
+
+def test_a_head_reading_an_undeclared_tap_fails_before_encoding(tmp_path, monkeypatch):
+    """DeepLabv3+ reads block4_os16, which timm models do not declare: one clear error, nothing encoded;
+    in a multi-task run each such task is recorded as failed with that error."""
+    from harness.errors import HarnessError
+    from tasks import get_task
+
+    calls = []
+    monkeypatch.setattr(runner, "get_features", lambda *a, **k: calls.append(a) or None)
+    opts = EvalOptions(encoder="timm:resnet18", tasks=[get_task("synth_seg")], out=tmp_path, device="cpu")
+    with pytest.raises(HarnessError, match=r"block4_os16.*timm:resnet18 does not declare"):
+        run_eval(opts)
+    assert calls == []
+    opts.tasks = [get_task("synth_seg"), get_task("synth_walkable")]
+    recs = run_eval(opts)
+    assert [r["status"] for r in recs] == ["failed", "failed"]
+    assert all("block4_os16" in r["error"] for r in recs)
+    assert calls == []
