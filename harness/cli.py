@@ -117,8 +117,7 @@ def _print_results(records: list[dict]) -> None:
     table = Table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
     for r in records:
         if r["status"] != "ok":
-            table.add_row(r["encoder"], r["task"], r.get("metric", ""), "FAILED", str(r.get("error", ""))[:60],
-                          "", "", "", "")
+            table.add_row(r["encoder"], r["task"], r.get("metric", ""), "FAILED", "see below", "", "", "", "")
             continue
         std = f" ± {r['secondary']['test_std']:.4f}" if "test_std" in r.get("secondary", {}) else ""
         c = r["cache"]
@@ -130,6 +129,10 @@ def _print_results(records: list[dict]) -> None:
     console.print(table)
     if any(r.get("skipped") for r in records):
         console.print("'existing record': a record with the same settings was found and kept; --force redoes it.")
+    for r in records:  # each failure's whole line, never cut to fit a cell
+        if r["status"] != "ok":
+            console.print(f"FAILED {r['encoder']} / {r['task']}: {r.get('error', '')}", highlight=False, markup=False,
+                          soft_wrap=True)
 
 
 @app.command("eval")
@@ -357,9 +360,36 @@ def report(
         console.print(line, highlight=False, markup=False)
 
 
+def _click_exception_types() -> tuple[type, ...]:
+    """ClickException from every click the installed typer may use (its own vendored copy, or click)."""
+    types = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = __import__(mod, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        types.append(module.ClickException)
+    return tuple(types)
+
+
+INTERRUPTED = 130
+
+
+def _exit_interrupted() -> None:
+    _err("interrupted; nothing was recorded for the task in progress (finished records are kept)")
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
+    """Run the CLI and turn every outcome into an exit code (spec/cli.md).
+
+    In non-standalone mode typer hands back ``typer.Exit(n)`` and an interrupt (as 130) as the
+    return value instead of raising, so the value is the exit code.
+    """
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        _exit_interrupted()
     except HarnessError as exc:
         if _state["debug"]:
             raise
@@ -371,13 +401,14 @@ def main() -> None:
     except typer.Abort:
         _err("aborted")
         sys.exit(1)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        if isinstance(exc, _click_exception_types()):  # usage errors from the parser: its own message, exit 2
             exc.show(file=sys.stderr)
             sys.exit(exc.exit_code)
         if _state["debug"] or os.environ.get("HARNESS_DEBUG"):
             raise
         _err(f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         sys.exit(1)
+    if rv == INTERRUPTED:
+        _exit_interrupted()
+    sys.exit(rv if isinstance(rv, int) else 0)
