@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from encoders import create_encoder
-from harness.atomic import write_json
-from harness.errors import UsageError
+from harness.common.atomic import write_json
+from harness.common.errors import UsageError
+from harness.common.paths import synthetic_dir
 from harness.features import EncodeSettings, autocast_for, loader, prepare
-from harness.paths import synthetic_dir
 from harness.runner import EvalOptions, _request, run_eval
 from harness.train import predict
 from heads import get_head

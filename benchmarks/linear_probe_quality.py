@@ -28,8 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from encoders import create_encoder
-from harness.atomic import write_json
 from harness.cache import FeatureKey
+from harness.common.atomic import write_json
 from harness.features import CacheStats, EncodeSettings, get_features
 from harness.runner import EvalOptions, _request, _train_val
 from harness.train import evaluate, fit

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from harness.atomic import write_json
+from harness.common.atomic import write_json
 from harness.runner import EvalOptions, run_eval
 from tasks import get_task
 from tasks.spec import DataRequest

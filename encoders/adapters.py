@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError, unknown_name
+from harness.common.errors import HarnessError
+from harness.common.registry import Registry
 
 from .checkpoint import is_harness_checkpoint
 from .resnet import ResNetTaps, build_resnet, infer_resnet_arch
@@ -36,14 +37,11 @@ class CheckpointFormat:
     drop: tuple[str, ...] = ()  # head keys (after the prefix) that are not part of the backbone
 
 
-FORMATS: dict[str, CheckpointFormat] = {}
+FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", hint="(--format)")
 
 
 def register_format(fmt: CheckpointFormat) -> CheckpointFormat:
-    if fmt.name in FORMATS:
-        raise ValueError(f"checkpoint format {fmt.name!r} registered twice")
-    FORMATS[fmt.name] = fmt
-    return fmt
+    return FORMATS.register(fmt.name, fmt)
 
 
 # Detection tries these in order; a format matches when its container holds a key
@@ -148,8 +146,6 @@ def extract_backbone(obj: Any, fmt_name: str | None = None, source: str = "check
     """Find the backbone in a loaded checkpoint and check it against its torchvision ResNet."""
     detected = detect_format(obj)
     if fmt_name is not None:
-        if fmt_name not in FORMATS:
-            raise unknown_name("checkpoint format", fmt_name, FORMATS)
         fmt = FORMATS[fmt_name]
     else:
         fmt = detected or FORMATS["torchvision"]

@@ -30,7 +30,7 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.errors import HarnessError, UsageError
+from harness.common.errors import HarnessError, UsageError
 
 from .base import EncoderInfo, FrozenEncoder, Tap, TapModel
 from .resnet import ResNetTaps
@@ -161,7 +161,7 @@ class GraphTaps(TapModel):
 
 def torchvision_encoder(name: str, seed: int = 0) -> FrozenEncoder:
     if name not in torchvision.models.list_models(module=torchvision.models):
-        from harness.errors import unknown_name
+        from harness.common.errors import unknown_name
 
         raise unknown_name("torchvision classification model", name,
                            torchvision.models.list_models(module=torchvision.models))
@@ -179,7 +179,7 @@ def timm_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
     import timm
 
     if not timm.is_model(name):
-        from harness.errors import unknown_name
+        from harness.common.errors import unknown_name
 
         raise unknown_name("timm model", name, timm.list_models())
     features = _seeded(seed, lambda: timm.create_model(name, pretrained=False, features_only=True, **kwargs))

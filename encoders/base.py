@@ -13,19 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.common.taps import Tap
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Tap:
-    name: str
-    channels: int
-    stride: int | None  # None for pooled vectors (``embedding``)
-
-    @property
-    def spatial(self) -> bool:
-        return self.stride is not None
 
 
 class TapModel(nn.Module):

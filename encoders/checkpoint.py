@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.atomic import atomic_path
+from harness.common.atomic import atomic_path
 
 HARNESS_FORMAT = "harness-pretrain"
 HARNESS_FORMAT_VERSION = 1

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import HarnessError, unknown_name
-from harness.paths import user_encoders_dir
+from harness.common.errors import HarnessError, unknown_name
+from harness.common.paths import user_encoders_dir
+from harness.common.registry import Registry
 
 from .adapters import backbone_model, load_backbone, read_checkpoint
 from .any_model import any_model_encoder
@@ -40,15 +41,13 @@ class EncoderEntry:
         return is_available(self.catalog, weights_dir) if self.catalog is not None else True
 
 
-ENCODERS: dict[str, EncoderEntry] = {}
+ENCODERS: Registry[EncoderEntry] = Registry("encoder")
 
 
 def register_encoder(name: str, *, arch: str, method: str = "none", data: str = "-", epochs: int | None = None,
                      description: str = "", catalog: CatalogEntry | None = None):
     def deco(builder: Callable[[int], FrozenEncoder]) -> Callable[[int], FrozenEncoder]:
-        if name in ENCODERS:
-            raise ValueError(f"encoder {name!r} registered twice")
-        ENCODERS[name] = EncoderEntry(name, builder, method, data, epochs, arch, description, catalog)
+        ENCODERS.register(name, EncoderEntry(name, builder, method, data, epochs, arch, description, catalog))
         return builder
 
     return deco

@@ -14,10 +14,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.atomic import atomic_path
-from harness.errors import HarnessError
-from harness.paths import weights_dir
-from harness.progress import progress
+from harness.common.atomic import atomic_path
+from harness.common.errors import HarnessError
+from harness.common.paths import weights_dir
+from harness.common.progress import progress
 
 from .catalog import CatalogEntry
 

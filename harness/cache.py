@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import torch
 
-from .paths import features_dir
+from .common.paths import features_dir
 
 CACHE_FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"

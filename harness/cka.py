@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import HarnessError, UsageError
+from .common.errors import HarnessError, UsageError
 
 Kernel = Literal["linear", "rbf"]
 Estimator = Literal["biased", "unbiased"]
@@ -325,9 +325,9 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     from encoders.registry import create_encoder
 
     from .cka_data import build_source
-    from .device import resolve_device
+    from .common.device import resolve_device
+    from .common.progress import progress
     from .features import loader
-    from .progress import progress
 
     _check_choice("estimator", opts.estimator, ESTIMATORS)
     _check_choice("kernel", opts.kernel, KERNELS)
@@ -385,7 +385,7 @@ def run_cka(opts: CKAOptions) -> CKAResult:
             title = f"{opts.kernel} CKA ({opts.estimator}), n={acc.n}, {source.resolution}px: {a} vs {b}"
             result.heatmaps[key] = str(save_heatmap(m, taps[a], taps[b], title, out / fname, a, b))
     result.timings = {"loop_s": round(loop_s, 3), "total_s": round(time.perf_counter() - t0, 3)}
-    from .atomic import write_json
+    from .common.atomic import write_json
 
     write_json(out / "cka.json", result.to_dict())
     return result

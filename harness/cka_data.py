@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .errors import HarnessError, UsageError, unknown_name
+from .common.errors import HarnessError, UsageError, unknown_name
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 FOLDER_RESOLUTION = 112  # the paper's CKA resolution
@@ -80,17 +80,16 @@ class ImageSource:
 
 
 def _synthetic(limit: int, resolution: int | None, seed: int, split: str | None) -> ImageSource:
-    from tasks.synthetic.render import SHAPE_NAMES
-    from tasks.synthetic.store import load_split
+    from tasks.synthetic import CORPUS_CLASSES, corpus
     from tasks.synthetic.tasks import DEFAULT_RESOLUTION
 
     size = resolution or DEFAULT_RESOLUTION
     split = split or "test"
-    num_classes = len(SHAPE_NAMES)
+    num_classes = len(CORPUS_CLASSES)
     per_class = max(1, limit // num_classes)
     pool = max(limit + limit // 2, 32)
     for _ in range(4):  # grow the rendered prefix until every class has enough members
-        arrays = load_split("single", split, pool, size, fields=("image", "shape_cls"))
+        arrays = corpus(pool, size, split=split)
         counts = np.bincount(arrays["shape_cls"], minlength=num_classes)
         if counts.min() >= per_class:
             break
@@ -164,18 +163,17 @@ def _task(name: str, limit: int, resolution: int | None, seed: int, data_root: P
 def build_source(data: str, limit: int, resolution: int | None = None, seed: int = 0,
                  data_root: Path | None = None, split: str | None = None) -> ImageSource:
     """``synthetic``, ``folder:PATH`` or an existing directory, or ``task:NAME`` / a task name."""
-    from tasks.registry import TASKS, _load_builtin
+    from tasks.registry import TASKS, suite_alias
 
-    if data == "synthetic":
+    if suite_alias(data) == "synth":
         return _synthetic(limit, resolution, seed, split)
     if data.startswith("folder:"):
         return _folder(Path(data[len("folder:"):]).expanduser(), limit, resolution, seed)
     name = data.removeprefix("task:")
-    _load_builtin()
     if name in TASKS:
         return _task(name, limit, resolution, seed, data_root, split)
     path = Path(data).expanduser()
     if path.is_dir():
         return _folder(path, limit, resolution, seed)
-    raise unknown_name("CKA data source", data, ["synthetic", *TASKS],
+    raise unknown_name("CKA data source", data, ["synth", *TASKS],
                        hint="(or folder:PATH / a directory of images, one sub-folder per class)")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import HarnessError, UsageError
+from .common.errors import HarnessError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate frozen visual encoders on many end tasks.")
@@ -94,7 +94,7 @@ def encoders_fetch(
     from encoders.catalog import CATALOG
     from encoders.weights import fetch
 
-    from .errors import unknown_name
+    from .common.errors import unknown_name
 
     fetchable = {n: e for n, e in CATALOG.items() if e.url}
     paths = {}
@@ -214,7 +214,7 @@ def cache_ls(json_out: JsonOpt = False) -> None:
 def cache_du(json_out: JsonOpt = False) -> None:
     """Total size of the feature cache and of the synthetic renders."""
     from .cache import list_entries
-    from .paths import features_dir, synthetic_dir
+    from .common.paths import features_dir, synthetic_dir
 
     feats = sum(e.size for e in list_entries())
     synth = sum(p.stat().st_size for p in synthetic_dir().glob("*.h5")) if synthetic_dir().exists() else 0

@@ -31,7 +31,7 @@ from .cache import (
     remove_entry,
     verify,
 )
-from .progress import progress
+from .common.progress import progress
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, "torch.Tensor | None"]
 
@@ -49,7 +49,7 @@ class EncodeSettings:
     use_cache: bool = True
     ram_budget: int = 8 << 30  # bytes of features kept in memory for head training
     disk_budget: int = 20 << 30  # bytes one cache entry may take; above it, encode on the fly
-    cache_root: object = None  # Path | None: default harness.paths.features_dir()
+    cache_root: object = None  # Path | None: default harness.common.paths.features_dir()
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json
+from .common.atomic import write_json
 
 RECORD_VERSION = 2  # 2: the linear head standardises its input (parameter-free BatchNorm)
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_json
-from .errors import HarnessError, UsageError
+from .common.atomic import atomic_path, write_json
+from .common.errors import HarnessError, UsageError
 
 DEFAULT_BASELINE = "supervised_in"
 IMAGENET_TASK = "imagenet_cls"

@@ -24,8 +24,8 @@ from heads import count_parameters, get_head
 from tasks.spec import DataRequest, TaskSpec
 
 from .cache import FeatureKey
-from .device import resolve_device
-from .errors import HarnessError
+from .common.device import resolve_device
+from .common.errors import HarnessError
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val

@@ -14,10 +14,9 @@ import torch
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import nn
 
-from encoders.base import Tap
-from tasks.spec import TaskSpec
+from harness.common.taps import Tap
 
-from .registry import register_head
+from .registry import HeadTarget, register_head
 from .unet import resize_to
 
 DEEP_TAP = "block4_os16"
@@ -64,5 +63,5 @@ class DeepLabV3PlusHead(nn.Module):
 
 @register_head("deeplabv3plus", taps=lambda task: (LOW_TAP, DEEP_TAP),
                description="DeepLabv3+: ASPP on the dilated (OS16) last stage + block1 decoder, frozen encoder")
-def build_deeplab(taps: dict[str, Tap], task: TaskSpec) -> DeepLabV3PlusHead:
+def build_deeplab(taps: dict[str, Tap], task: HeadTarget) -> DeepLabV3PlusHead:
     return DeepLabV3PlusHead(taps, task.num_outputs)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.base import Tap
-from tasks.spec import TaskSpec
+from harness.common.taps import Tap
 
 from .linear import Standardize
-from .registry import register_head
+from .registry import HeadTarget, register_head
 
 HIDDEN = 512
 
@@ -36,5 +35,5 @@ class FusionHead(nn.Module):
 
 @register_head("fusion", taps=lambda task: ("embedding",),
                description="per-frame embeddings concatenated -> Linear(S*D, 512) -> ReLU -> Linear(512, n)")
-def build_fusion(taps: dict[str, Tap], task: TaskSpec) -> FusionHead:
+def build_fusion(taps: dict[str, Tap], task: HeadTarget) -> FusionHead:
     return FusionHead(taps["embedding"].channels, task.frames, task.num_outputs)

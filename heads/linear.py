@@ -14,10 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from encoders.base import Tap
-from tasks.spec import TaskSpec
+from harness.common.taps import Tap
 
-from .registry import register_head
+from .registry import HeadTarget, register_head
 
 
 class Standardize(nn.BatchNorm1d):
@@ -49,11 +48,11 @@ class LinearHead(nn.Module):
         return self.fc(self.norm(feats["embedding"].float()))
 
 
-def build_linear(taps: dict[str, Tap], task: TaskSpec) -> LinearHead:
+def build_linear(taps: dict[str, Tap], task: HeadTarget) -> LinearHead:
     return LinearHead(taps["embedding"].channels, task.num_outputs)
 
 
-def _linear_taps(task: TaskSpec) -> tuple[str, ...]:
+def _linear_taps(task: HeadTarget) -> tuple[str, ...]:
     return ("embedding",)
 
 

@@ -4,38 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import nn
 
-from encoders.base import Tap
-from harness.errors import unknown_name
-from tasks.spec import TaskSpec
+from harness.common.registry import Registry
+from harness.common.taps import Tap
+
+
+class HeadTarget(Protocol):
+    """What a head needs to know of its task (a task record satisfies it)."""
+
+    name: str
+    num_outputs: int  # classes, or regression channels
+    frames: int  # images per sample (fusion and Siamese heads)
 
 
 @dataclass(frozen=True)
 class HeadEntry:
     name: str
-    taps: Callable[[TaskSpec], tuple[str, ...]]  # which encoder taps the head reads
-    build: Callable[[dict[str, Tap], TaskSpec], nn.Module]
+    taps: Callable[[HeadTarget], tuple[str, ...]]  # which encoder taps the head reads
+    build: Callable[[dict[str, Tap], HeadTarget], nn.Module]
     description: str = ""
 
 
-HEADS: dict[str, HeadEntry] = {}
+HEADS: Registry[HeadEntry] = Registry("head", discover="heads")
 
 
-def register_head(name: str, taps: Callable[[TaskSpec], tuple[str, ...]], description: str = ""):
-    def deco(build: Callable[[dict[str, Tap], TaskSpec], nn.Module]):
-        if name in HEADS:
-            raise ValueError(f"head {name!r} registered twice")
-        HEADS[name] = HeadEntry(name, taps, build, description)
+def register_head(name: str, taps: Callable[[HeadTarget], tuple[str, ...]], description: str = ""):
+    def deco(build: Callable[[dict[str, Tap], HeadTarget], nn.Module]):
+        HEADS.register(name, HeadEntry(name, taps, build, description))
         return build
 
     return deco
 
 
 def get_head(name: str) -> HeadEntry:
-    if name not in HEADS:
-        raise unknown_name("head", name, HEADS)
     return HEADS[name]
 
 

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.base import Tap
-from tasks.spec import TaskSpec
+from harness.common.taps import Tap
 
-from .registry import register_head
+from .registry import HeadTarget, register_head
 
 # Deepest first: the decoder walks up this pyramid.
 PYRAMID = ("block4", "block3", "block2", "block1", "conv")
@@ -84,11 +83,11 @@ class SiameseUNetHead(nn.Module):
 
 @register_head("unet", taps=lambda task: PYRAMID,
                description="U-Net: up(in,out)=Conv3x3->PixelShuffle(2)->LeakyReLU, additive skips, out x H x W")
-def build_unet(taps: dict[str, Tap], task: TaskSpec) -> UNetHead:
+def build_unet(taps: dict[str, Tap], task: HeadTarget) -> UNetHead:
     return UNetHead(taps, task.num_outputs)
 
 
 @register_head("siamese_unet", taps=lambda task: PYRAMID,
                description="two frames fused per tap by 1x1 convs, then the U-Net decoder (flow: 2 channels)")
-def build_siamese_unet(taps: dict[str, Tap], task: TaskSpec) -> SiameseUNetHead:
+def build_siamese_unet(taps: dict[str, Tap], task: HeadTarget) -> SiameseUNetHead:
     return SiameseUNetHead(taps, task.num_outputs)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from harness.common.registry import Registry
+
 from .spec import TaskSpec
 
 Loss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", TaskSpec], torch.Tensor]
@@ -47,10 +49,10 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | No
     return _masked_mean(diff, mask.to(diff.dtype), pred)
 
 
-LOSSES: dict[str, Loss] = {"ce": cross_entropy, "pixel_ce": pixel_cross_entropy, "l1": masked_l1}
+LOSSES: Registry[Loss] = Registry("loss")
+for _name, _loss in {"ce": cross_entropy, "pixel_ce": pixel_cross_entropy, "l1": masked_l1}.items():
+    LOSSES.register(_name, _loss)
 
 
 def get_loss(task: TaskSpec) -> Loss:
-    if task.loss not in LOSSES:
-        raise KeyError(f"task {task.name}: no loss {task.loss!r} (known: {sorted(LOSSES)})")
     return LOSSES[task.loss]

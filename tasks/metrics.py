@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from harness.common.registry import Registry
+
 from .spec import TaskSpec
 
 
@@ -175,12 +177,10 @@ class FlowScore:
                 "pixels": float(self.count)}
 
 
-METRICS: dict[str, Callable[[TaskSpec], Metric]] = {
-    "top1": Top1, "miou": MeanIoU, "neg_l1": NegativeL1, "one_minus_fl_all": FlowScore,
-}
+METRICS: Registry[Callable[[TaskSpec], Metric]] = Registry("metric")
+for _name, _metric in {"top1": Top1, "miou": MeanIoU, "neg_l1": NegativeL1, "one_minus_fl_all": FlowScore}.items():
+    METRICS.register(_name, _metric)
 
 
 def make_metric(task: TaskSpec) -> Metric:
-    if task.metric not in METRICS:
-        raise KeyError(f"task {task.name}: no metric {task.metric!r} (known: {sorted(METRICS)})")
     return METRICS[task.metric](task)

@@ -1,19 +1,43 @@
-"""Task registry: declarative records, looked up by name or by suite."""
+"""Task registry: declarative records, looked up by name or by suite.
+
+Every module of the ``tasks`` package is imported before the first lookup, so a new dataset
+module registers its tasks by existing. A task's head, loss and metric names are checked when
+it registers: a typo fails at import with one line, not with a KeyError mid-run.
+"""
 
 from __future__ import annotations
 
-from harness.errors import unknown_name
+from harness.common.errors import unknown_name
+from harness.common.registry import RegistrationError, Registry
+from heads.registry import HEADS
 
+from .losses import LOSSES
+from .metrics import METRICS
 from .spec import TaskSpec
 
-TASKS: dict[str, TaskSpec] = {}
+
+def _check(name: str, spec: TaskSpec) -> None:
+    for kind, value, known in (("head", spec.head, HEADS), ("loss", spec.loss, LOSSES),
+                               ("metric", spec.metric, METRICS)):
+        if value not in known:
+            raise RegistrationError(f"task {name!r} names an unknown {kind} {value!r} (known: {', '.join(known)})")
+    if name != spec.name:
+        raise RegistrationError(f"task registered as {name!r} but its record says {spec.name!r}")
+
+
+TASKS: Registry[TaskSpec] = Registry("task", discover="tasks", check=_check)
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    if spec.name in TASKS:
-        raise ValueError(f"task {spec.name!r} registered twice")
-    TASKS[spec.name] = spec
-    return spec
+    return TASKS.register(spec.name, spec)
+
+
+# One name for the synthetic suite everywhere (eval, cka, pretrain); the long form is an alias.
+SUITE_ALIASES = {"synthetic": "synth"}
+
+
+def suite_alias(name: str) -> str:
+    return SUITE_ALIASES.get(name, name)
 
 
 def suites() -> dict[str, list[str]]:
@@ -24,18 +48,17 @@ def suites() -> dict[str, list[str]]:
 
 
 def get_task(name: str) -> TaskSpec:
-    _load_builtin()
     if name not in TASKS:
-        raise unknown_name("task", name, list(TASKS) + list(suites()))
+        raise unknown_name("task", name, TASKS.names() + list(suites()))
     return TASKS[name]
 
 
 def resolve_tasks(names: list[str]) -> list[TaskSpec]:
     """Task names and suite names (e.g. ``synth``) to task records, in order, without repeats."""
-    _load_builtin()
     groups = suites()
     out: list[TaskSpec] = []
     for name in names:
+        name = suite_alias(name)
         for n in groups.get(name, [name]):
             spec = get_task(n)
             if spec not in out:
@@ -44,10 +67,4 @@ def resolve_tasks(names: list[str]) -> list[TaskSpec]:
 
 
 def all_tasks() -> list[TaskSpec]:
-    _load_builtin()
-    return list(TASKS.values())
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their tasks (idempotent through the import system).
-    from . import synthetic  # noqa: F401
+    return TASKS.values()

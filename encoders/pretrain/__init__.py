@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import unknown_name
+from harness.common.registry import Registry
 
 from .base import Method, MethodConfig
 from .byol import BYOL, BYOLConfig
@@ -24,12 +24,12 @@ class MethodSpec:
     description: str
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(name: str, config: Callable[[], MethodConfig], build: Callable[..., Method],
                     description: str) -> None:
-    METHODS[name] = MethodSpec(name, config, build, description)
+    METHODS.register(name, MethodSpec(name, config, build, description))
 
 
 register_method("mocov2", MoCoConfig, MoCo, "MoCo v2: momentum encoder, queue of negatives, MLP head, blur")
@@ -40,8 +40,6 @@ register_method("byol", BYOLConfig, BYOL, "BYOL: predict a momentum target netwo
 
 
 def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise unknown_name("method", name, METHODS)
     return METHODS[name]
 
 

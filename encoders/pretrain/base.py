@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from encoders.resnet import seeded_resnet
-from harness.errors import UsageError
+from harness.common.errors import UsageError
 
 from .augment import AugmentConfig
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from harness.atomic import write_json
-from harness.errors import HarnessError, UsageError
+from harness.common.atomic import write_json
+from harness.common.errors import HarnessError, UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 SYNTH = "synth"
@@ -132,12 +132,11 @@ def limit_manifest(manifest: Manifest, limit: int, seed: int) -> Manifest:
 # ---- sources -----------------------------------------------------------------------------------------------
 
 def synthetic_manifest(n: int, size: int) -> Manifest:
-    from tasks.synthetic.render import SHAPE_NAMES
-    from tasks.synthetic.store import load_split
+    from tasks.synthetic import CORPUS_CLASSES, corpus
 
-    labels = load_split("single", "train", n, size, fields=("shape_cls",))["shape_cls"]
+    labels = corpus(n, size, fields=("shape_cls",))["shape_cls"]
     return Manifest([{"kind": SYNTH, "size": size}], [f"synth:{i}" for i in range(n)],
-                    [int(x) for x in labels], list(SHAPE_NAMES))
+                    [int(x) for x in labels], list(CORPUS_CLASSES))
 
 
 def folder_manifest(root: Path, source_index: int = 0) -> Manifest:
@@ -176,6 +175,7 @@ def build_manifest(data: list[str], variant: str, seed: int, limit: int | None, 
     """``--data synth`` or one or more folders; the variant applies to a single source."""
     if not data:
         raise UsageError("--data: give 'synth' or an image folder")
+    data = [SYNTH if d == "synthetic" else d for d in data]  # the suite's one name, with its long alias
     if len(data) > 1:
         if SYNTH in data:
             raise UsageError("--data synth cannot be combined with folders")
@@ -203,12 +203,12 @@ class ManifestImages(Dataset):
         self._synth: np.ndarray | None = None
         synth = [i for i, s in enumerate(manifest.sources) if s["kind"] == SYNTH]
         if synth:
-            from tasks.synthetic.store import load_split
+            from tasks.synthetic import corpus
 
             idx = [int(it.split(":", 1)[1]) for it in manifest.items]
             n = max(idx) + 1 if idx else 0
             src_size = manifest.sources[synth[0]]["size"]
-            images = load_split("single", "train", n, src_size, fields=("image",))["image"]
+            images = corpus(n, src_size, fields=("image",))["image"]
             self._synth = images[idx]
             if src_size != size:
                 self._synth = _resize_uint8(self._synth, size)

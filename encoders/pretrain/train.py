@@ -27,11 +27,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from encoders.checkpoint import save_harness_checkpoint
-from harness.atomic import atomic_path
-from harness.device import resolve_device
-from harness.errors import HarnessError, UsageError
-from harness.paths import user_encoders_dir
-from harness.progress import progress
+from harness.common.atomic import atomic_path
+from harness.common.device import resolve_device
+from harness.common.errors import HarnessError, UsageError
+from harness.common.paths import user_encoders_dir
+from harness.common.progress import progress
 
 from . import create_method, get_method
 from .augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment
@@ -92,10 +92,10 @@ def _optimizer(method: Method, opt: OptimDefaults, lr: float) -> torch.optim.Opt
 
 
 def _knn_data(resolution: int, bank: int, queries: int) -> dict[str, torch.Tensor]:
-    from tasks.synthetic.store import load_split
+    from tasks.synthetic import corpus
 
-    tr = load_split("single", "train", bank, resolution, fields=("image", "shape_cls"))
-    va = load_split("single", "val", queries, resolution, fields=("image", "shape_cls"))
+    tr = corpus(bank, resolution)
+    va = corpus(queries, resolution, split="val")
     return {"bank": torch.from_numpy(tr["image"]), "bank_y": torch.from_numpy(tr["shape_cls"]),
             "query": torch.from_numpy(va["image"]), "query_y": torch.from_numpy(va["shape_cls"])}
 

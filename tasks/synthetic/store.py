@@ -14,9 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from harness.atomic import atomic_path
-from harness.paths import synthetic_dir
-from harness.progress import progress
+from harness.common.atomic import atomic_path
+from harness.common.paths import synthetic_dir
+from harness.common.progress import progress
 
 from .world import KINDS, SPLITS, make_sample, sample_rng
 

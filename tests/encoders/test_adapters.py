@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from encoders.adapters import FORMATS, detect_format, load_backbone, read_checkpoint
 from encoders.checkpoint import save_harness_checkpoint
 from encoders.registry import create_encoder
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from encoders.catalog import CATALOG, PAPER_ENCODERS
 from encoders.checkpoint import save_harness_checkpoint
 from encoders.registry import create_encoder, list_encoders
 from encoders.resnet import build_resnet
-from harness.paths import user_encoders_dir
+from harness.common.paths import user_encoders_dir
 
 # Table 3 of Kotar et al. (method, dataset, size, epochs), one line per encoder, in the paper's order.
 TABLE3 = """SwAV ImageNet 1.3M 800|SwAV ImageNet 1.3M 200|SwAV ImageNet 1.3M 100|SwAV ImageNet 1.3M 50
@@ -69,7 +69,7 @@ def test_random_init_names_still_work():
 
 
 def test_unknown_encoder_is_a_usage_error():
-    from harness.errors import UsageError
+    from harness.common.errors import UsageError
 
     with pytest.raises(UsageError, match="swav_in200"):
         create_encoder("swav_in20")

@@ -13,7 +13,7 @@ from encoders.catalog import CATALOG
 from encoders.registry import create_encoder, list_encoders
 from encoders.resnet import build_resnet
 from encoders.weights import download, fetch, is_available, resolve_weights_dir, weight_path
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
 
 
 class _Server:

@@ -9,7 +9,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 
 from harness import cka as cka_mod
 from harness.cka import MinibatchCKA, cka, features_2d, gram, hsic_matrix
-from harness.errors import UsageError
+from harness.common.errors import UsageError
 
 # ----------------------------------------------------------------------------- numpy reference
 

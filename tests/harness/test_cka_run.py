@@ -12,7 +12,7 @@ import torch
 
 from harness.cka import CKAOptions, off_diagonal_mean, run_cka
 from harness.cka_data import balanced_indices, build_source
-from harness.errors import HarnessError, UsageError
+from harness.common.errors import HarnessError, UsageError
 
 RES, LIMIT, BATCH = 32, 48, 24
 TAPS = ["conv", "block1", "block3", "embedding"]  # at 32 px block4 is 1x1, i.e. the embedding

@@ -122,7 +122,7 @@ def test_augmented_copies_are_encoded_once_each_and_cycled(tmp_path, monkeypatch
 def test_a_head_reading_an_undeclared_tap_fails_before_encoding(tmp_path, monkeypatch):
     """DeepLabv3+ reads block4_os16, which timm models do not declare: one clear error, nothing encoded;
     in a multi-task run each such task is recorded as failed with that error."""
-    from harness.errors import HarnessError
+    from harness.common.errors import HarnessError
     from tasks import get_task
 
     calls = []

@@ -17,7 +17,7 @@ from encoders.pretrain.data import (
     log_counts,
     subset,
 )
-from harness.errors import HarnessError, UsageError
+from harness.common.errors import HarnessError, UsageError
 
 
 def _fake(num_classes=10, per_class=20):
