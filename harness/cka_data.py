@@ -140,6 +140,7 @@ def _folder(root: Path, limit: int, resolution: int | None, seed: int) -> ImageS
 
 def _task(name: str, limit: int, resolution: int | None, seed: int, data_root: Path | None,
           split: str | None) -> ImageSource:
+    from tasks.datasets.base import TaskDataset
     from tasks.registry import get_task
     from tasks.spec import DataRequest
 
@@ -148,7 +149,7 @@ def _task(name: str, limit: int, resolution: int | None, seed: int, data_root: P
     ds = spec.dataset(spec, DataRequest(split=split, data_root=data_root, resolution=resolution, limit=None,
                                         train=False))
     size = resolution or spec.default_resolution
-    labels = getattr(ds, "labels", None) if spec.output == "image" and spec.is_classification else None
+    labels = ds.class_labels() if isinstance(ds, TaskDataset) and spec.output == "image" else None
     if labels is not None:
         idx, per_class = balanced_indices(np.asarray(labels), limit, seed)
         how = f"{per_class} per class"

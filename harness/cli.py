@@ -34,23 +34,111 @@ def _err(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
+DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="where real datasets live "
+                                                     "(default: $HARNESS_DATA, else ./data)")]
+
+
 @app.command()
-def tasks(json_out: JsonOpt = False) -> None:
-    """List the registered tasks."""
+def tasks(json_out: JsonOpt = False, data_root: DataRootOpt = None) -> None:
+    """List the registered tasks (and whether each real task's data is found under the data root)."""
+    from tasks.datasets.base import resolve_data_root
     from tasks.registry import all_tasks
 
-    rows = [t.summary() for t in all_tasks()]
+    root = resolve_data_root(data_root)
+    rows = []
+    for t in all_tasks():
+        row = t.summary()
+        row["data"] = "built-in" if t.layout is None else ("found" if (root / t.layout.folder).is_dir() else "missing")
+        row["train_size"] = t.train_size
+        rows.append(row)
     if json_out:
         _emit(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "category", "head", "metric", "frames", "epochs", "chance")
+    table = _table("name", "category", "head", "metric", "frames", "epochs", "chance", "data")
     for r in rows:
         table.add_row(r["name"], r["category"], r["head"], r["metric"], str(r["frames"]), str(r["epochs"]),
-                      "-" if r["chance"] is None else f"{r['chance']:.3f}")
-    Console().print(table)
+                      "-" if r["chance"] is None else f"{r['chance']:.3f}", r["data"])
+    _print_table(table)
+    _err(f"data root: {root} ('missing': see `harness data layout TASK`)")
+
+
+def _table(*columns: str):
+    from rich.table import Table
+
+    table = Table(*columns)
+    for col in table.columns:
+        col.no_wrap = True
+        col.overflow = "fold"
+    return table
+
+
+def _print_table(table) -> None:
+    """Tables never cut names or numbers: in a pipe or file they print at their full width."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        Console().print(table)
+    else:
+        Console(width=10_000, soft_wrap=True).print(table)
+
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="Describe and verify real datasets (spec/data.md).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("layout")
+def data_layout(
+    task: Annotated[Optional[str], typer.Argument(help="a task (default: every real task)")] = None,
+    data_root: DataRootOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Where a task's dataset goes, its expected tree, download page and counts."""
+    from tasks.datasets.check import layout_doc, layout_text
+    from tasks.registry import all_tasks, get_task
+
+    specs = [get_task(task)] if task else [t for t in all_tasks() if t.layout is not None]
+    if json_out:
+        docs = [layout_doc(t, data_root) for t in specs]
+        _emit(docs[0] if task else docs)
+        return
+    typer.echo("\n\n".join(layout_text(t, data_root) for t in specs))
+
+
+@data_app.command("check")
+def data_check(
+    task: Annotated[str, typer.Option("--task", "-t", help="the task whose data to verify")],
+    data_root: DataRootOpt = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="decode N labels per split "
+                                                  "(seeded) instead of all")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify a dataset's layout, counts and labels; exit 0 when the task can run, 1 otherwise."""
+    from tasks.datasets.check import check_task
+    from tasks.registry import get_task
+
+    spec = get_task(task)
+    if spec.layout is None:
+        raise UsageError(f"task {task} is built in (synthetic): there is no dataset to check")
+    doc = check_task(spec, data_root, sample)
+    if json_out:
+        _emit(doc)
+    else:
+        typer.echo(f"{doc['task']}: {'OK' if doc['ok'] else 'NOT OK'} ({doc['root']})")
+        for name, entry in doc["splits"].items():
+            exp = f" (expected {entry['expected']:,})" if "expected" in entry else ""
+            typer.echo(f"  {name}: {entry['n']:,} samples{exp}")
+            if "labels" in entry:
+                typer.echo(f"    labels: {json.dumps(entry['labels'])}")
+        for w in doc["warnings"]:
+            typer.echo(f"  warning: {w}")
+        for p in doc["problems"]:
+            typer.echo(f"  problem: {p}")
+    if not doc["ok"]:
+        first = doc["problems"][0] if doc["problems"] else "not usable"
+        _err(f"error: task {task}: {first}" + (f" (and {len(doc['problems']) - 1} more)"
+                                                 if len(doc["problems"]) > 1 else ""))
+        raise typer.Exit(1)
 
 
 encoders_app = typer.Typer(add_completion=False, invoke_without_command=True,
@@ -149,7 +237,9 @@ def eval_cmd(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="where real datasets live")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     grid: Annotated[str, typer.Option("--grid", help="full: the task's 4-config grid; single: its default")] = "full",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for encoding")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader workers for encoding "
+                                                   "(default: the machine's cores for datasets read from files, "
+                                                   "0 for in-memory ones)")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="head-training seeds (mean and std recorded)")] = 1,
     aug_copies: Annotated[Optional[int], typer.Option("--aug-copies", min=1,
                                                       help="augmented train copies to encode")] = None,
@@ -185,6 +275,10 @@ def eval_cmd(
         _emit(records[0] if len(records) == 1 else records)
     else:
         _print_results(records)
+    written = sum(1 for r in records if not r.get("skipped"))
+    kept = len(records) - written
+    failed = sum(1 for r in records if r["status"] != "ok")
+    _err(f"{written} record(s) written ({failed} failed), {kept} existing kept, in {out}/; next: harness report {out}")
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
 

@@ -151,10 +151,11 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
     itemsize = np.dtype(key.dtype).itemsize
     est = n * sum(int(np.prod(s)) * itemsize for s in tap_shapes.values())
     fits_ram = est <= settings.ram_budget
-    if est > settings.disk_budget:
+    if est > settings.disk_budget or (not settings.use_cache and not fits_ram):
         stats.on_the_fly += 1
-        stats.notes.append(f"{key.split}: taps need {est / 2**30:.1f} GiB > disk budget "
-                           f"{settings.disk_budget / 2**30:.1f} GiB; encoded on the fly at every epoch")
+        why = (f"disk budget {settings.disk_budget / 2**30:.1f} GiB" if settings.use_cache else
+               f"RAM budget {settings.ram_budget / 2**30:.1f} GiB and the cache is off")
+        stats.notes.append(f"{key.split}: taps need {est / 2**30:.1f} GiB > {why}; encoded on the fly at every epoch")
         return OnTheFlyFeatures(encoder, dataset, taps, settings)
 
     if settings.use_cache:
@@ -166,7 +167,10 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
                     if fits_ram:
                         feats = load_memory(fh)
                 stats.hits += 1
-                return feats if fits_ram else StreamFeatures(entry_path(key, root))
+                if fits_ram:
+                    return feats
+                stats.notes.append(_streamed(key, est, settings))
+                return StreamFeatures(entry_path(key, root))
         except CorruptEntry as exc:
             remove_entry(key, root)
             stats.rebuilt += 1
@@ -197,4 +201,10 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
     if fits_ram:
         return MemoryFeatures({t: torch.cat(kept[t]) for t in taps}, torch.cat(kept["target"]),
                               torch.cat(kept["valid"]).bool() if kept["valid"] else None)
+    stats.notes.append(_streamed(key, est, settings))
     return StreamFeatures(entry_path(key, root))
+
+
+def _streamed(key: FeatureKey, est: int, settings: EncodeSettings) -> str:
+    return (f"{key.split}: taps need {est / 2**30:.1f} GiB > RAM budget {settings.ram_budget / 2**30:.1f} GiB; "
+            f"streamed from the disk cache")

@@ -64,6 +64,8 @@ class EvalRecord:
     device: str = ""
     notes: list[str] = field(default_factory=list)
     run_key: dict[str, Any] = field(default_factory=dict)
+    train_size: int | None = None  # the paper's train size for the task (its own n is in ``n``)
+    trained_on: str = ""  # the task whose head was trained and selected (differs for test-only tasks)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     record_version: int = RECORD_VERSION
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -88,8 +88,11 @@ def evaluate(head: nn.Module, source, task: TaskSpec, device: torch.device,
     return metric.compute()
 
 
+EpochHook = Callable[[int, float, float], None]  # (epoch, train loss, val metric)
+
+
 def fit(head: nn.Module, train: list, val, task: TaskSpec, cfg: OptimConfig, epochs: int,
-        device: torch.device, seed: int, batch_size: int | None = None) -> FitResult:
+        device: torch.device, seed: int, batch_size: int | None = None, on_epoch: EpochHook | None = None) -> FitResult:
     """Train ``head`` for ``epochs``; keep the weights of the epoch with the best val metric.
 
     ``train`` holds one feature source per augmented copy of the training set; epoch e reads
@@ -102,12 +105,13 @@ def fit(head: nn.Module, train: list, val, task: TaskSpec, cfg: OptimConfig, epo
     sched = make_scheduler(opt, cfg, epochs)
     gen = torch.Generator().manual_seed(seed)
     with cpu_threads_for(head, device):
-        best, history, lrs = _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen)
+        best, history, lrs = _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen,
+                                     on_epoch)
     best.history, best.lrs = history, lrs
     return best
 
 
-def _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen):
+def _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, opt, sched, gen, on_epoch):
     best: FitResult | None = None
     history, lrs = [], []
     for epoch in range(1, epochs + 1):
@@ -125,6 +129,8 @@ def _epochs(head, train, val, task, cfg, epochs, device, batch_size, loss_fn, op
             sched.step()
         scores = evaluate(head, val, task, device)
         history.append({"epoch": epoch, "train_loss": total / max(seen, 1), "val": scores[task.metric]})
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1]["train_loss"], scores[task.metric])
         if best is None or scores[task.metric] > best.best_val:
             best = FitResult(cfg, scores[task.metric], epoch, copy.deepcopy(head.state_dict()))
     assert best is not None, "epochs must be >= 1"

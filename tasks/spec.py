@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 Output = Literal["image", "pixel"]
 Nature = Literal["semantic", "structural"]
-Split = Literal["train", "val", "test"]
 
 
 @dataclass(frozen=True)
@@ -81,16 +80,30 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
-class DataRequest:
-    """What a dataset builder is asked for."""
+class DataLayout:
+    """Where a real task's dataset lives under the data root and what is read there, as
+    released (spec/data.md); ``harness data layout`` prints it."""
 
-    split: Split
+    folder: str  # one folder per family under the data root
+    tree: str  # the expected tree (indented lines), official names unchanged
+    url: str  # official download page
+    counts: dict[str, int]  # expected samples per split, by the split names the task reads
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What a dataset builder is asked for. ``split`` is a split name of the release (or a
+    paper-defined ``train`` / ``test``), as the task's SplitSpec names it."""
+
+    split: str
     data_root: Path | None
     resolution: int | None  # None: the task's own default
     limit: int | None  # at most this many samples (applied to train)
     train: bool  # random augmentation on (train) or off (val/test)
     aug_copy: int = 0  # which augmented copy of train: seeds the random transforms
     seed: int = 0
+    strict: bool = True  # a listing problem fails at once (eval); False collects them (data check)
 
 
 DatasetBuilder = Callable[["TaskSpec", DataRequest], Dataset]
@@ -132,6 +145,9 @@ class TaskSpec:
     train_size: int | None = None  # the paper's figure, for the record
     secondary_metrics: tuple[str, ...] = ()
     description: str = ""
+    layout: DataLayout | None = None  # real datasets: folder, tree, URL, expected counts
+    extra_tests: tuple[str, ...] = ()  # tasks whose test split this task's head is also evaluated on
+    head_from: str | None = None  # a test-only task: the task whose head (trained, selected) it evaluates
     extra: dict = field(default_factory=dict)
 
     @property

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from ..datasets.base import TaskDataset
 from ..registry import register_task
 from ..spec import DataRequest, OptimConfig, SplitSpec, TaskSpec
 from .render import SEG_CLASS_NAMES, SHAPE_NAMES
@@ -29,7 +29,7 @@ EPOCHS_FLOW = 3
 PIXEL_SIZES = {"train": 400, "val": 100}
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(TaskDataset):
     """One field of one stored synthetic split as (image, target) samples, held in memory."""
 
     def __init__(self, kind: str, image_field: str, target_field: str, split: str, n: int, size: int,
@@ -62,10 +62,16 @@ class SyntheticDataset(Dataset):
             sample["valid"] = torch.from_numpy(self.valid[i].astype(bool))
         return sample
 
-    @property
-    def labels(self) -> np.ndarray:
-        """Class labels (for stratified splits); only meaningful for image-level tasks."""
-        return np.asarray(self.targets)
+    def class_labels(self) -> np.ndarray | None:
+        """Class labels of image-level classification splits (one integer per sample)."""
+        targets = np.asarray(self.targets)
+        return targets.astype(np.int64) if targets.ndim == 1 and targets.dtype.kind in "iu" else None
+
+    def native_target(self, i: int):
+        sample = self[i]
+        target = sample["target"].numpy()
+        valid = sample["valid"].numpy() if "valid" in sample else None
+        return (int(target) if target.ndim == 0 else target), valid
 
 
 def synthetic_builder(kind: str, image_field: str, target_field: str, target_offset: int = 0,

@@ -48,7 +48,7 @@ def test_task_source_balances_the_task_labels():
 
     spec = get_task("synth_shape_cls")
     ds = spec.dataset(spec, DataRequest(split="test", data_root=None, resolution=RES, limit=None, train=False))
-    picked = np.asarray(ds.labels)[src.dataset.indices]
+    picked = ds.class_labels()[src.dataset.indices]
     assert np.bincount(picked, minlength=4).tolist() == [2, 2, 2, 2]
 
 

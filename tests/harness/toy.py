@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
 
+from tasks.datasets.base import TaskDataset
 from tasks.spec import DataRequest, SplitSpec, TaskSpec, TransformSpec
 
 ACCESS_LOG: list[tuple[str, int]] = []
 
 
-class ToyDataset(Dataset):
+class ToyDataset(TaskDataset):
     def __init__(self, split: str, n: int, size: int = 32, aug_copy: int | None = None, log: bool = False):
         g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[split])
         self.labels = torch.randint(0, 3, (n,), generator=g)
@@ -19,6 +19,9 @@ class ToyDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def class_labels(self):
+        return self.labels.numpy()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self.log:

@@ -1,0 +1,220 @@
+"""What every real-dataset loader shares: the data root, the declared layout of a family, the
+split base class, problems that name the file, and image decoding.
+
+A loader lists a split on construction (pairing images with labels by id or stem, never by
+two sorted globs; one class map for all splits, from the release's class list) and decodes in
+``__getitem__``, so that DataLoader workers do the decoding. Listing never stats files one by
+one: a folder is read once with ``os.scandir`` and membership is a set lookup, which is what
+keeps a 1.28M-file ImageNet listing to seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from harness.common.errors import HarnessError
+
+from ..spec import DataRequest, TaskSpec
+
+DATA_ENV = "HARNESS_DATA"
+IMAGE_SIZE = 224  # the paper's input size for image-level tasks
+
+
+def resolve_data_root(explicit: Path | str | None = None) -> Path:
+    """``--data-root``, else ``$HARNESS_DATA``, else ``./data`` (spec/data.md)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else Path("data")
+
+
+class DataMissing(HarnessError):
+    """The dataset folder (or a top-level part of it) is not there."""
+
+
+class DataProblem(HarnessError):
+    """The files are there but do not pair up: a missing partner, an unreadable label file."""
+
+
+def missing_folder(task_name: str, path: Path, what: str = "") -> DataMissing:
+    what = f" ({what})" if what else ""
+    return DataMissing(f"task {task_name}: dataset not found: {path}{what} does not exist (data root: --data-root, "
+                       f"${DATA_ENV} or ./data); see `harness data layout {task_name}` for the expected layout")
+
+
+def task_folder(task: TaskSpec, req: DataRequest) -> Path:
+    """The family's folder under the requested data root; a one-line error if it is missing."""
+    if task.layout is None:
+        raise HarnessError(f"task {task.name} declares no data layout")
+    root = resolve_data_root(req.data_root) / task.layout.folder
+    if not root.is_dir():
+        raise missing_folder(task.name, root)
+    return root
+
+
+def require(path: Path, task_name: str, what: str = "") -> Path:
+    """A top-level file or folder of the layout that must exist (a missing one is DataMissing)."""
+    if not path.exists():
+        raise missing_folder(task_name, path, what)
+    return path
+
+
+def list_names(folder: Path) -> set[str]:
+    """The entry names of one folder in one ``os.scandir`` pass (no per-file stat)."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it}
+    except FileNotFoundError:
+        return set()
+
+
+def list_files(folder: Path, suffixes: Iterable[str]) -> list[str]:
+    """Names of the files in ``folder`` whose suffix (case-insensitive) is one of ``suffixes``, sorted."""
+    suffixes = tuple(s.lower() for s in suffixes)
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if e.name.lower().endswith(suffixes) and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def list_dirs(folder: Path) -> list[str]:
+    """Sub-folder names, sorted (``DirEntry.is_dir`` uses the type scandir already read)."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+class Problems:
+    """Problems found while listing a split. In strict mode (eval) the listing fails with the
+    first one and a count; in check mode (``harness data check``) they are all reported."""
+
+    def __init__(self, task_name: str, strict: bool):
+        self.task_name, self.strict = task_name, strict
+        self.items: list[str] = []
+
+    def add(self, where: str | Path, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raise_if_any(self) -> None:
+        if self.items and self.strict:
+            more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
+            raise DataProblem(f"task {self.task_name}: {self.items[0]}{more}; run `harness data check --task "
+                              f"{self.task_name}` for the full list")
+
+
+class TaskDataset(Dataset):
+    """Base of every task's split (real or synthetic).
+
+    Samples are dicts: ``image`` float in [0, 1], (3, H, W) or (S, 3, H, W); ``target``; optional
+    ``valid``. Subclasses declare ``class_labels`` for classification (stratified carving and
+    ``data check`` histograms read it) and ``native_target`` (the label as decoded from its file,
+    before any resizing) for ``data check``.
+    """
+
+    decodes_files: bool = False  # True: decoding is real work, worth DataLoader workers
+    problems: list[str]
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def class_labels(self) -> np.ndarray | None:
+        """Per-sample class index (int64) for classification tasks; None otherwise."""
+        return None
+
+    def native_target(self, i: int) -> tuple[Any, np.ndarray | None]:
+        """(target, valid) of sample ``i`` at native resolution, as decoded from the label files."""
+        labels = self.class_labels()
+        if labels is None:  # pragma: no cover - pixelwise subclasses override
+            raise NotImplementedError
+        return int(labels[i]), None
+
+
+# ---------------------------------------------------------------------------------------- images
+
+def image_size(task: TaskSpec, req: DataRequest) -> tuple[int, int] | None:
+    """(H, W) an image-level sample is resized to: ``--resolution`` or the task's eval resize."""
+    if req.resolution:
+        return (req.resolution, req.resolution)
+    spec = task.train_transform if req.train else task.eval_transform
+    return spec.resize
+
+
+def read_rgb(path: Path | str) -> Image.Image:
+    """An RGB image (palette, grey, CMYK and RGBA releases all arrive as RGB; alpha is dropped)."""
+    with Image.open(path) as img:
+        img.draft("RGB", img.size)  # JPEG: decode straight to RGB
+        return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image, size: tuple[int, int] | None) -> torch.Tensor:
+    """(3, H, W) float in [0, 1]; ``size`` = (H, W) resized without keeping the aspect ratio
+    (bilinear, antialiased), as the reference implementation did; None keeps the native size."""
+    if size is not None and (img.height, img.width) != tuple(size):
+        img = img.resize((size[1], size[0]), Image.BILINEAR, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_image(path: Path | str, size: tuple[int, int] | None) -> torch.Tensor:
+    return to_tensor(read_rgb(path), size)
+
+
+class FileClassification(TaskDataset):
+    """Image-level classification over files: each sample is one path (or S paths, frames in
+    order) and a class index. Decoding and resizing happen in ``__getitem__``."""
+
+    decodes_files = True
+
+    def __init__(self, items: Sequence[tuple[Path | tuple[Path, ...], int]], size: tuple[int, int] | None,
+                 problems: Problems | None = None):
+        self.paths = [p for p, _ in items]
+        self.labels = np.asarray([y for _, y in items], dtype=np.int64)
+        self.size = size
+        self.problems = problems.items if problems is not None else []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        p = self.paths[i]
+        if isinstance(p, tuple):
+            image = torch.stack([load_image(f, self.size) for f in p])
+        else:
+            image = load_image(p, self.size)
+        return {"image": image, "target": torch.tensor(int(self.labels[i]))}
+
+    def class_labels(self) -> np.ndarray:
+        return self.labels
+
+
+def class_index(names: Sequence[str]) -> dict[str, int]:
+    """One class map for every split, from the release's class list (order kept)."""
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate class names")
+    return {n: i for i, n in enumerate(names)}
+
+
+def apply_limit(items: list, req: DataRequest) -> list:
+    """``--limit N``: N samples drawn with a fixed seed (the runner sets it on the train split
+    only). Not the first N: a listing is ordered by class, and a prefix would drop classes."""
+    if req.limit is None or req.limit >= len(items):
+        return items
+    keep = np.sort(np.random.default_rng(0x5EED).permutation(len(items))[: req.limit])
+    return [items[i] for i in keep]
