@@ -1,0 +1,48 @@
+"""Shared by the dataset fixture tests: the CLI through a real subprocess, images on disk, and
+the end-to-end checks every real task gets (data check counts and labels, eval record)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def harness(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+def write_image(path: Path, size: tuple[int, int] = (24, 32), seed: int = 0, mode: str = "RGB") -> Path:
+    """A random image (H, W) = size in the format the suffix names (JPEG, PNG)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, size=(*size, channels), dtype=np.uint8)
+    Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode).save(path)
+    return path
+
+
+def data_check(task: str, data_root: Path, *extra: str) -> tuple[int, dict, str]:
+    proc = harness("data", "check", "--task", task, "--data-root", str(data_root), "--json", *extra)
+    doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, doc, proc.stderr
+
+
+def eval_record(task: str, data_root: Path, out: Path, *extra: str, cache: Path | None = None) -> dict:
+    """`harness eval` end to end with a small random-init encoder at 32 px, one epoch, one config."""
+    env = {"HARNESS_CACHE": str(cache)} if cache else None
+    proc = harness("eval", "--encoder", "resnet18", "--task", task, "--data-root", str(data_root), "--out", str(out),
+                   "--resolution", "32", "--epochs", "1", "--grid", "single", "--device", "cpu", "--json", *extra,
+                   env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    return doc[0] if isinstance(doc, list) else doc
