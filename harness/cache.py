@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 import torch
 
+from .common.diskspace import GuardedFile, ensure_space
 from .common.paths import features_dir
 
 CACHE_FORMAT_VERSION = 1
@@ -77,7 +78,14 @@ class EntryWriter:
         self.path = entry_path(key, root)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-        self.fh = h5py.File(self.tmp, "w")
+        self.what = f"the feature cache entry for {key.task}/{key.split}"
+        per_sample = sum(int(np.prod(s)) for s in tap_shapes.values()) * np.dtype(key.dtype).itemsize
+        per_sample += int(np.prod(target_shape)) * np.dtype(target_dtype).itemsize
+        per_sample += int(np.prod(valid_shape)) if valid_shape is not None else 0
+        ensure_space(self.path.parent, n * per_sample, self.what)
+        # Written through a GuardedFile: a full disk is one clear error, never a crashed HDF5 library.
+        self.file = GuardedFile(self.tmp)
+        self.fh = h5py.File(self.file, "w")
         self.hashes: dict[str, hashlib._Hash] = {}
         self.dtype = np.dtype(key.dtype)
 
@@ -105,6 +113,9 @@ class EntryWriter:
             self.fh[name][sl] = arr
             _checksum_update(self.hashes[name], arr)
         self.pos += b
+        if self.file.error is not None:  # stop at once: encoding the rest would be wasted
+            self.abort()
+            self.file.check(self.what)
 
     def publish(self) -> Path:
         if self.pos != self.n:
@@ -115,8 +126,11 @@ class EntryWriter:
         self.fh.attrs["complete"] = True  # last: a file without it is never read
         self.fh.flush()
         self.fh.close()
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
+        self.file.fsync()
+        self.file.close()
+        if self.file.error is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.file.check(self.what)
         os.replace(self.tmp, self.path)
         return self.path
 
@@ -125,6 +139,7 @@ class EntryWriter:
             self.fh.close()
         except Exception:  # noqa: BLE001 - already broken; removing the file is what matters
             pass
+        self.file.close()
         self.tmp.unlink(missing_ok=True)
 
 

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from harness.common.atomic import atomic_path
+from harness.common.diskspace import ensure_space, write_h5
 from harness.common.paths import synthetic_dir
 from harness.common.progress import progress
 
@@ -75,8 +76,11 @@ def ensure_split(kind: str, split: str, n: int, size: int, seed: int = DEFAULT_S
         return found
     arrays = generate(kind, split, n, size, seed)
     target = root / _name(kind, split, size, seed, n)
+    root.mkdir(parents=True, exist_ok=True)
+    what = f"the synthetic {kind}/{split} renders"
+    ensure_space(root, sum(a.nbytes for a in arrays.values()), what)
     with atomic_path(target) as tmp:
-        with h5py.File(tmp, "w") as fh:
+        with write_h5(tmp, what) as fh:
             for name, arr in arrays.items():
                 chunks = (min(64, len(arr)),) + arr.shape[1:] if arr.ndim > 1 and len(arr) else None
                 fh.create_dataset(name, data=arr, chunks=chunks)
