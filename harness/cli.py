@@ -63,11 +63,11 @@ def tasks(json_out: JsonOpt = False, data_root: DataRootOpt = None) -> None:
 
 
 def _table(*columns: str):
+    """A rich table whose cells fold instead of being cut with an ellipsis."""
     from rich.table import Table
 
     table = Table(*columns)
     for col in table.columns:
-        col.no_wrap = True
         col.overflow = "fold"
     return table
 
@@ -159,16 +159,11 @@ def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: Weights
     if json_out:
         _emit(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("arch", "method", "data", "epochs", "format", "available")
-    table.columns.insert(0, Table("name").columns[0])
-    table.columns[0].no_wrap = True
+    table = _table("name", "arch", "method", "data", "epochs", "format", "available")
     for r in rows:
         table.add_row(r["name"], r["arch"], r["method"], r["data"], str(r["epochs"] or "-"), r.get("format") or "-",
                       "yes" if r["available"] else "no")
-    Console().print(table)
+    _print_table(table)
 
 
 @encoders_app.command("fetch")
@@ -199,10 +194,7 @@ def encoders_fetch(
 
 def _print_results(records: list[dict]) -> None:
     """The result table: one row per encoder x task (failed tasks with their error)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
+    table = _table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
     for r in records:
         if r["status"] != "ok":
             table.add_row(r["encoder"], r["task"], r.get("metric", ""), "FAILED", "see below", "", "", "", "")
@@ -213,14 +205,12 @@ def _print_results(records: list[dict]) -> None:
         cache = "existing record" if r.get("skipped") else f"{c.get('hits', 0)} hit / {c.get('misses', 0)} miss"
         table.add_row(r["encoder"], r["task"], r["metric"], f"{r['test']:.4f}{std}", f"{r['val']:.4f}", chance,
                       f"{r['config'].get('label', '')} ({r['epoch']})", f"{r['timings'].get('total_s', 0):.1f}s", cache)
-    console = Console(width=max(150, Console().width))
-    console.print(table)
+    _print_table(table)
     if any(r.get("skipped") for r in records):
-        console.print("'existing record': a record with the same settings was found and kept; --force redoes it.")
+        typer.echo("'existing record': a record with the same settings was found and kept; --force redoes it.")
     for r in records:  # each failure's whole line, never cut to fit a cell
         if r["status"] != "ok":
-            console.print(f"FAILED {r['encoder']} / {r['task']}: {r.get('error', '')}", highlight=False, markup=False,
-                          soft_wrap=True)
+            typer.echo(f"FAILED {r['encoder']} / {r['task']}: {r.get('error', '')}")
 
 
 @app.command("eval")
@@ -446,12 +436,9 @@ def report(
         for line in status_lines(doc):
             _err(line)
         return
-    from rich.console import Console
-
-    console = Console(width=max(150, Console().width))
-    console.print(summary_table(doc))
+    _print_table(summary_table(doc))
     for line in status_lines(doc):
-        console.print(line, highlight=False, markup=False)
+        typer.echo(line)
 
 
 def _click_exception_types() -> tuple[type, ...]:

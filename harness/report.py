@@ -939,7 +939,7 @@ def summary_table(doc: dict[str, Any]):
                   caption="score (rank on the task, 1 = best), sorted by mean rank")
     for col in display.columns:
         if col == "encoder":
-            table.add_column(col, no_wrap=True)
+            table.add_column(col, overflow="fold")
         else:
             table.add_column(col, justify="right", overflow="fold")
     for row in display.itertuples(index=False):
