@@ -13,10 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.common.taps import Tap
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD, Tap
 
 
 class TapModel(nn.Module):

@@ -12,10 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
+from harness.common.taps import DILATED_TAP
+
 from .base import Tap, TapModel
 
 TAP_ORDER = ("conv", "block1", "block2", "block3", "block4", "embedding")
-DILATED_TAP = "block4_os16"
 
 
 @contextmanager
@@ -49,7 +50,7 @@ class ResNetTaps(TapModel):
         strides = [2, 4, 8, 16, 32]
         self.taps = tuple(Tap(n, c, s) for n, c, s in zip(TAP_ORDER[:5], widths, strides, strict=True)) + (
             Tap("embedding", widths[-1], None),
-            Tap(DILATED_TAP, widths[-1], 16),
+            Tap(DILATED_TAP, widths[-1], 16, derived=True),
         )
 
     @staticmethod

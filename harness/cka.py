@@ -344,7 +344,8 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     taps: dict[str, list[str]] = {}
     for label, enc in zip(labels, encoders, strict=True):
         declared = list(enc.taps)
-        wanted = list(opts.taps) if opts.taps else declared
+        # By default the encoder's own blocks; derived taps (block4_os16) only when asked for.
+        wanted = list(opts.taps) if opts.taps else [n for n, t in enc.taps.items() if not t.derived]
         unknown = [t for t in wanted if t not in enc.taps]
         if unknown:
             raise UsageError(f"encoder {label} has no tap(s) {unknown}; it declares {declared}")

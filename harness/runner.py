@@ -26,7 +26,6 @@ from torch.utils.data import Subset
 
 from encoders.base import FrozenEncoder
 from encoders.registry import create_encoder
-from encoders.resnet import DILATED_TAP
 from heads import count_parameters, get_head
 from heads.registry import HeadEntry
 from tasks.datasets.base import TaskDataset
@@ -37,6 +36,7 @@ from .cache import FeatureKey
 from .common.device import resolve_device
 from .common.errors import HarnessError
 from .common.progress import TrainProgress, log
+from .common.taps import DILATED_TAP
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val

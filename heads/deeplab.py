@@ -14,12 +14,11 @@ import torch
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP
 from torch import nn
 
-from harness.common.taps import Tap
+from harness.common.taps import DILATED_TAP, Tap
 
 from .registry import HeadTarget, register_head
 from .unet import resize_to
 
-DEEP_TAP = "block4_os16"
 LOW_TAP = "block1"
 ASPP_RATES = (6, 12, 18)
 WIDTH = 256
@@ -31,13 +30,13 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class DeepLabV3PlusHead(nn.Module):
-    taps = (LOW_TAP, DEEP_TAP)
+    taps = (LOW_TAP, DILATED_TAP)
 
     def __init__(self, taps: dict[str, Tap], num_classes: int):
         super().__init__()
-        if taps[DEEP_TAP].stride != 16 or taps[LOW_TAP].stride != 4:
-            raise ValueError(f"DeepLabv3+ needs {DEEP_TAP} at stride 16 and {LOW_TAP} at stride 4")
-        self.aspp = ASPP(taps[DEEP_TAP].channels, WIDTH, ASPP_RATES, separable=False, dropout=0.0)
+        if taps[DILATED_TAP].stride != 16 or taps[LOW_TAP].stride != 4:
+            raise ValueError(f"DeepLabv3+ needs {DILATED_TAP} at stride 16 and {LOW_TAP} at stride 4")
+        self.aspp = ASPP(taps[DILATED_TAP].channels, WIDTH, ASPP_RATES, separable=False, dropout=0.0)
         self.low = conv_bn_relu(taps[LOW_TAP].channels, LOW_WIDTH, 1)
         self.fuse = nn.Sequential(conv_bn_relu(WIDTH + LOW_WIDTH, WIDTH, 3), conv_bn_relu(WIDTH, WIDTH, 3))
         self.classifier = nn.Conv2d(WIDTH, num_classes, 1)
@@ -55,13 +54,13 @@ class DeepLabV3PlusHead(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         low = feats[LOW_TAP].float()
-        x = resize_to(self._aspp(feats[DEEP_TAP].float()), low.shape[-2:])
+        x = resize_to(self._aspp(feats[DILATED_TAP].float()), low.shape[-2:])
         x = self.fuse(torch.cat([x, self.low(low)], dim=1))
         out = self.classifier(x)
         return resize_to(out, size if size is not None else (4 * low.shape[-2], 4 * low.shape[-1]))
 
 
-@register_head("deeplabv3plus", taps=lambda task: (LOW_TAP, DEEP_TAP),
+@register_head("deeplabv3plus", taps=lambda task: (LOW_TAP, DILATED_TAP),
                description="DeepLabv3+: ASPP on the dilated (OS16) last stage + block1 decoder, frozen encoder")
 def build_deeplab(taps: dict[str, Tap], task: HeadTarget) -> DeepLabV3PlusHead:
     return DeepLabV3PlusHead(taps, task.num_outputs)

@@ -154,3 +154,13 @@ def test_cli_json_contract_and_errors(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "at least 4" in err and "Traceback" not in err
+
+
+def test_default_taps_are_the_encoders_own_blocks(tmp_path):
+    """block4_os16 (DeepLab's dilated copy of block4) is derived: compared only when asked for."""
+    doc = run_cka(CKAOptions(encoders=["resnet18"], limit=16, resolution=RES, batch_size=8, out=tmp_path,
+                             device="cpu")).to_dict()
+    assert doc["taps"]["resnet18"] == ["conv", "block1", "block2", "block3", "block4", "embedding"]
+    asked = run_cka(CKAOptions(encoders=["resnet18"], limit=16, resolution=RES, batch_size=8, out=tmp_path / "b",
+                               device="cpu", taps=["block4", "block4_os16"])).to_dict()
+    assert asked["taps"]["resnet18"] == ["block4", "block4_os16"]
