@@ -27,13 +27,19 @@ class TapModel(nn.Module):
 
 @dataclass
 class EncoderInfo:
-    """What a result record needs to say about the encoder."""
+    """The one record of what an encoder is (timm's pretrained-config habit): catalog rows,
+    registry entries and checkpoints all carry one, and every result record copies it whole,
+    so that ``harness report`` never has to look an encoder up again."""
 
     name: str
     arch: str
-    method: str = "none"
-    data: str = "-"
-    source: str = "random init"
+    method: str = "none"  # as the paper writes it: SwAV, MoCov2, MoCov1, PIRL, supervised, none (or ours: SimCLR...)
+    data: str = "-"  # pretraining data, as Table 3 writes it
+    size: str | None = None  # pretraining set size: "1.3M", "0.5M", "0.25M"
+    epochs: int | None = None
+    balanced: bool | None = None  # False for the linearly / logarithmically unbalanced subsets
+    source: str = "random init"  # where the weights came from (a file, random init and its seed)
+    title: str = ""  # the paper's name for it (Table 3)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

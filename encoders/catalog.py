@@ -10,8 +10,10 @@ file names carry the first 8 hex digits of the file's SHA-256).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from .base import EncoderInfo
 
 FAIR_MOCO = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints"
 FAIR_SWAV = "https://dl.fbaipublicfiles.com/deepcluster"
@@ -22,22 +24,31 @@ TORCHVISION_R50_V1 = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    name: str  # CLI name
-    title: str  # the paper's name for it (Table 3)
-    method: str  # SwAV, MoCov2, MoCov1, PIRL, supervised, none
-    data: str  # pretraining data as Table 3 writes it
-    size: str | None  # dataset size, "1.3M", "0.5M", "0.25M"
-    epochs: int | None
-    balanced: bool | None  # False for the linearly / logarithmically unbalanced ImageNet subsets
+    """Where an encoder's weights come from; what the encoder is lives in ``info`` (one card)."""
+
+    info: EncoderInfo
     format: str | None  # checkpoint format (encoders/adapters.py); None: no file (random init)
     filename: str | None  # expected file name in the weights directory
     url: str | None  # where the public weights come from
     sha256: str | None = None  # verified digest (or a prefix of it), None until verified
     trained_by_authors: bool = False  # "Trained by us" column of Table 3
-    arch: str = "resnet50"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    # The card's fields, read through (so a row is written once).
+    name = property(lambda self: self.info.name)
+    title = property(lambda self: self.info.title)
+    method = property(lambda self: self.info.method)
+    data = property(lambda self: self.info.data)
+    size = property(lambda self: self.info.size)
+    epochs = property(lambda self: self.info.epochs)
+    balanced = property(lambda self: self.info.balanced)
+    arch = property(lambda self: self.info.arch)
+
+
+def _row(name: str, title: str, method: str, data: str, size: str | None, epochs: int | None,
+         balanced: bool | None, fmt: str | None, filename: str | None, url: str | None, **kw: Any) -> CatalogEntry:
+    info = EncoderInfo(name=name, arch="resnet50", method=method, data=data, size=size, epochs=epochs,
+                       balanced=balanced, title=title, source="catalog")
+    return CatalogEntry(info, fmt, filename, url, **kw)
 
 
 # (CLI suffix, Table 3 data label, size, epochs, balanced, ViRB file stem for SwAV / MoCov2)
@@ -63,10 +74,10 @@ _AUTHOR_VARIANTS: tuple[tuple[str, str, str, str, int, bool, str, str], ...] = (
 
 
 def _fair_rows() -> tuple[list[CatalogEntry], list[CatalogEntry]]:
-    swav = [CatalogEntry(f"swav_in{ep}", f"SwAV ImageNet {ep}", "SwAV", "ImageNet", "1.3M", ep, True, "swav",
+    swav = [_row(f"swav_in{ep}", f"SwAV ImageNet {ep}", "SwAV", "ImageNet", "1.3M", ep, True, "swav",
                          f"swav_{ep}ep_pretrain.pth.tar", f"{FAIR_SWAV}/swav_{ep}ep_pretrain.pth.tar")
             for ep in (800, 200)]
-    moco2 = [CatalogEntry(f"mocov2_in{ep}", f"MoCov2 ImageNet {ep}", "MoCov2", "ImageNet", "1.3M", ep, True, "moco",
+    moco2 = [_row(f"mocov2_in{ep}", f"MoCov2 ImageNet {ep}", "MoCov2", "ImageNet", "1.3M", ep, True, "moco",
                           f"moco_v2_{ep}ep_pretrain.pth.tar",
                           f"{FAIR_MOCO}/moco_v2_{ep}ep/moco_v2_{ep}ep_pretrain.pth.tar")
              for ep in (800, 200)]
@@ -77,7 +88,7 @@ def _author_rows(method: str, prefix: str, stem_index: int) -> list[CatalogEntry
     rows = []
     for suffix, title, data, size, epochs, balanced, *stems in _AUTHOR_VARIANTS:
         stem = stems[stem_index]
-        rows.append(CatalogEntry(f"{prefix}_{suffix}", f"{method} {title}", method, data, size, epochs, balanced,
+        rows.append(_row(f"{prefix}_{suffix}", f"{method} {title}", method, data, size, epochs, balanced,
                                  "virb", f"{stem}.pt", f"{VIRB_S3}/{stem}.pt", trained_by_authors=True))
     return rows
 
@@ -87,16 +98,16 @@ def _build_catalog() -> dict[str, CatalogEntry]:
     rows = [
         *fair_swav, *_author_rows("SwAV", "swav", 0),
         *fair_moco2, *_author_rows("MoCov2", "mocov2", 1),
-        CatalogEntry("mocov1_in200", "MoCov1 ImageNet 200", "MoCov1", "ImageNet", "1.3M", 200, True, "moco",
+        _row("mocov1_in200", "MoCov1 ImageNet 200", "MoCov1", "ImageNet", "1.3M", 200, True, "moco",
                      "moco_v1_200ep_pretrain.pth.tar",
                      f"{FAIR_MOCO}/moco_v1_200ep/moco_v1_200ep_pretrain.pth.tar"),
-        CatalogEntry("pirl_in800", "PIRL ImageNet 800", "PIRL", "ImageNet", "1.3M", 800, True, "vissl",
+        _row("pirl_in800", "PIRL ImageNet 800", "PIRL", "ImageNet", "1.3M", 800, True, "vissl",
                      "pirl_in800_model_final_checkpoint_phase799.torch",
                      f"{VISSL_ZOO}/pirl_jigsaw_4node_pirl_jigsaw_4node_resnet_22_07_20.34377f59/"
                      "model_final_checkpoint_phase799.torch"),
-        CatalogEntry("supervised_in", "Supervised ImageNet", "supervised", "ImageNet", "1.3M", None, True,
+        _row("supervised_in", "Supervised ImageNet", "supervised", "ImageNet", "1.3M", None, True,
                      "torchvision", "resnet50-0676ba61.pth", TORCHVISION_R50_V1, sha256="0676ba61"),
-        CatalogEntry("random", "Random", "none", "-", None, None, None, None, None, None),
+        _row("random", "Random", "none", "-", None, None, None, None, None, None),
     ]
     return {r.name: r for r in rows}
 

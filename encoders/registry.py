@@ -8,8 +8,9 @@ too; its builders read the weights file from the weights directory.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,7 +18,7 @@ from harness.common.errors import HarnessError, unknown_name
 from harness.common.paths import user_encoders_dir
 from harness.common.registry import Registry
 
-from .adapters import backbone_model, load_backbone, read_checkpoint
+from .adapters import backbone_model, load_backbone
 from .any_model import any_model_encoder
 from .base import EncoderInfo, FrozenEncoder
 from .catalog import CATALOG, CatalogEntry
@@ -28,45 +29,40 @@ from .weights import fetch, is_available, missing_weights_error, resolve_weights
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    name: str
     builder: Callable[[int], FrozenEncoder]  # seed -> encoder
-    method: str
-    data: str
-    epochs: int | None
-    arch: str
+    info: EncoderInfo  # what the encoder is (the card every record copies)
     description: str = ""
     catalog: CatalogEntry | None = None  # set for the paper's encoders (weights file, format, URL)
 
-    def available(self, weights_dir: Path | None = None) -> bool:
-        return is_available(self.catalog, weights_dir) if self.catalog is not None else True
+    @property
+    def name(self) -> str:
+        return self.info.name
 
 
 ENCODERS: Registry[EncoderEntry] = Registry("encoder")
 
 
-def register_encoder(name: str, *, arch: str, method: str = "none", data: str = "-", epochs: int | None = None,
-                     description: str = "", catalog: CatalogEntry | None = None):
+def register_encoder(info: EncoderInfo, description: str = "", catalog: CatalogEntry | None = None):
     def deco(builder: Callable[[int], FrozenEncoder]) -> Callable[[int], FrozenEncoder]:
-        ENCODERS.register(name, EncoderEntry(name, builder, method, data, epochs, arch, description, catalog))
+        ENCODERS.register(info.name, EncoderEntry(builder, info, description, catalog))
         return builder
 
     return deco
 
 
-def _random_resnet(arch: str, name: str) -> Callable[[int], FrozenEncoder]:
+def _random_resnet(card: EncoderInfo) -> Callable[[int], FrozenEncoder]:
     def build(seed: int = 0) -> FrozenEncoder:
-        info = EncoderInfo(name=name, arch=arch, method="none", source=f"random init (seed {seed})",
-                           extra={"init_seed": seed})
-        return FrozenEncoder(build_resnet(arch, seed), info)
+        info = replace(card, source=f"random init (seed {seed})", extra={**card.extra, "init_seed": seed})
+        return FrozenEncoder(build_resnet(card.arch, seed), info)
 
     return build
 
 
 for _arch in ("resnet18", "resnet34", "resnet50"):
-    register_encoder(_arch, arch=_arch, description=f"torchvision {_arch}, random init (seeded)")(
-        _random_resnet(_arch, _arch))
-register_encoder("random", arch="resnet50", description="the paper's random-init ResNet-50 baseline (seeded)",
-                 catalog=CATALOG["random"])(_random_resnet("resnet50", "random"))
+    _card = EncoderInfo(name=_arch, arch=_arch)
+    register_encoder(_card, description=f"torchvision {_arch}, random init (seeded)")(_random_resnet(_card))
+register_encoder(CATALOG["random"].info, description="the paper's random-init ResNet-50 baseline (seeded)",
+                 catalog=CATALOG["random"])(_random_resnet(CATALOG["random"].info))
 
 
 def _from_catalog(entry: CatalogEntry) -> Callable[[int], FrozenEncoder]:
@@ -78,18 +74,32 @@ def _from_catalog(entry: CatalogEntry) -> Callable[[int], FrozenEncoder]:
 
 for _entry in CATALOG.values():
     if _entry.filename is not None:
-        register_encoder(_entry.name, arch=_entry.arch, method=_entry.method, data=_entry.data, epochs=_entry.epochs,
-                         description=_entry.title, catalog=_entry)(_from_catalog(_entry))
+        register_encoder(_entry.info, description=_entry.title, catalog=_entry)(_from_catalog(_entry))
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read an untrusted checkpoint without running code (weights_only / safetensors)."""
-    obj = read_checkpoint(Path(path))
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise HarnessError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+# How `harness pretrain` names methods, spelled as the paper's tables do.
+METHOD_SPELLING = {"mocov2": "MoCov2", "mocov1": "MoCov1", "swav": "SwAV", "simclr": "SimCLR", "byol": "BYOL",
+                   "pirl": "PIRL"}
+
+
+def _size_label(images: Any) -> str | None:
+    """An image count as the catalog writes dataset sizes (1.3M, 0.5M, 4K)."""
+    if not isinstance(images, (int, float)) or isinstance(images, bool) or images <= 0:
+        return None
+    if images >= 1e5:
+        return f"{images / 1e6:.2g}M"
+    return f"{images / 1e3:.3g}K" if images >= 1e3 else str(int(images))
+
+
+def info_from_meta(name: str, arch: str, meta: dict[str, Any], source: str) -> EncoderInfo:
+    """The card of a `harness pretrain` checkpoint (or any file with no catalog row)."""
+    method = str(meta.get("method") or "unknown")
+    data = str(meta.get("data") or "-")
+    balanced = None if data == "-" else not data.endswith(("-lin", "-log"))  # the unbalanced subset variants
+    epochs = meta.get("epochs")
+    return EncoderInfo(name=name, arch=arch, method=METHOD_SPELLING.get(method.lower(), method), data=data,
+                       size=_size_label(meta.get("images")), epochs=epochs if isinstance(epochs, int) else None,
+                       balanced=balanced, source=source)
 
 
 def encoder_from_file(path: Path, fmt: str | None = None, name: str | None = None,
@@ -98,12 +108,12 @@ def encoder_from_file(path: Path, fmt: str | None = None, name: str | None = Non
     path = Path(path)
     backbone = load_backbone(path, fmt)
     meta = backbone.meta
-    info = EncoderInfo(
-        name=name or path.stem.split(".")[0], arch=backbone.arch,
-        method=catalog.method if catalog else str(meta.get("method", "unknown")),
-        data=catalog.data if catalog else str(meta.get("data", "-")),
-        source=str(path), extra={"format": backbone.format, **({"meta": meta} if meta else {}),
-                                 **({"epochs": catalog.epochs} if catalog else {})})
+    name = name or path.stem.split(".")[0]
+    if catalog is not None:
+        info = replace(catalog.info, name=name, arch=backbone.arch, source=str(path))
+    else:
+        info = info_from_meta(name, backbone.arch, meta, str(path))
+    info.extra = {**info.extra, "format": backbone.format, **({"meta": meta} if meta else {})}
     return FrozenEncoder(backbone_model(backbone), info)
 
 
@@ -170,11 +180,12 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
     """Every encoder ``create_encoder`` resolves by name, with whether it can be built now."""
     rows = []
     for e in ENCODERS.values():
-        cat = e.catalog
-        row = {"name": e.name, "method": e.method, "data": e.data, "epochs": e.epochs, "arch": e.arch,
+        cat, info = e.catalog, e.info
+        row = {"name": e.name, "method": info.method, "data": info.data, "epochs": info.epochs, "arch": info.arch,
+               "size": info.size, "balanced": info.balanced,
                "available": is_available(cat, weights_dir) if cat else True, "description": e.description}
         if cat is not None:
-            row.update(size=cat.size, balanced=cat.balanced, format=cat.format, file=cat.filename, url=cat.url,
+            row.update(format=cat.format, file=cat.filename, url=cat.url,
                        sha256=cat.sha256, trained_by_authors=cat.trained_by_authors,
                        path=str(weight_path(cat, weights_dir)) if cat.filename else None)
         rows.append(row)
@@ -182,9 +193,11 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
         if stem in ENCODERS:
             continue
         meta = _peek_meta(path)
-        rows.append({"name": stem, "method": str(meta.get("method", "user")), "data": str(meta.get("data", "-")),
-                     "epochs": meta.get("epochs"), "arch": str(meta.get("arch", "?")), "available": True,
-                     "description": "harness pretrain output / user checkpoint", "path": str(path)})
+        info = info_from_meta(stem, str(meta.get("arch", "?")), meta, str(path))
+        rows.append({"name": stem, "method": info.method if meta else "user", "data": info.data,
+                     "epochs": info.epochs, "arch": info.arch, "size": info.size, "balanced": info.balanced,
+                     "available": True, "description": "harness pretrain output / user checkpoint",
+                     "path": str(path)})
     return rows
 
 

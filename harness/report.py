@@ -105,41 +105,27 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _size_label(images: Any) -> str | None:
-    """Image count as the catalog writes dataset sizes (1.3M, 0.5M)."""
-    if not _finite(images) or images <= 0:
-        return None
-    if images >= 1e5:
-        return f"{images / 1e6:.2g}M"
-    return f"{images / 1e3:.3g}K" if images >= 1e3 else str(int(images))
-
-
 def encoder_metadata(name: str, info: dict | None = None) -> dict[str, Any]:
-    """method, data, size, epochs, balanced: from the catalog for its names, else from the record's
-    ``encoder_info`` and the checkpoint metadata ``harness pretrain`` stores in ``extra.meta``.
-    Unknown fields are None."""
-    from encoders.catalog import CATALOG
+    """method, data, size, epochs, balanced: from the encoder card the record carries
+    (``encoder_info``), never from the catalog, so a report reads the same wherever it runs.
+    Records written before the card had those fields fall back to what they did carry."""
+    from encoders.registry import METHOD_SPELLING, info_from_meta
 
-    info = info or {}
-    entry = CATALOG.get(name) or CATALOG.get(str(info.get("name", "")))
-    if entry is not None:
-        return {"method": entry.method, "data": None if entry.data == "-" else entry.data, "size": entry.size,
-                "epochs": entry.epochs, "balanced": entry.balanced, "meta_source": "catalog"}
-    extra = info.get("extra") or {}
-    meta = extra.get("meta") or {}
-    spelled = {e.method.lower(): e.method for e in CATALOG.values()}  # mocov2 -> MoCov2, as the catalog writes it
-    method = meta.get("method") or info.get("method")
-    method = None if method in (None, "", "unknown") else spelled.get(str(method).lower(), str(method))
-    data = meta.get("data") or info.get("data")
-    data = None if data in (None, "", "-", "unknown") else str(data)
-    epochs = meta.get("epochs", extra.get("epochs"))
-    balanced = meta.get("balanced")
-    if balanced is None and meta.get("data"):
-        # harness pretrain's data description ends with the subset variant; lin / log are the unbalanced ones
-        balanced = not str(meta["data"]).endswith(("-lin", "-log"))
-    return {"method": method, "data": data, "size": _size_label(meta.get("images")) or meta.get("size"),
-            "epochs": epochs if _finite(epochs) else None, "balanced": balanced,
-            "meta_source": "checkpoint" if meta else ("encoder_info" if method or data else "none")}
+    info = dict(info or {})
+    if "balanced" not in info:  # an older record: rebuild the card from its checkpoint metadata
+        meta = (info.get("extra") or {}).get("meta") or {}
+        card = info_from_meta(name, str(info.get("arch", "?")), meta, str(info.get("source", ""))).__dict__
+        if not meta:
+            card.update(method=info.get("method", "none"), data=info.get("data", "-"),
+                        epochs=(info.get("extra") or {}).get("epochs"))
+        info = {**card, "meta_source": "checkpoint" if meta else "encoder_info"}
+    method = info.get("method")
+    method = None if method in (None, "", "unknown", "user") else METHOD_SPELLING.get(str(method).lower(), method)
+    data = info.get("data")
+    epochs = info.get("epochs")
+    return {"method": method, "data": None if data in (None, "", "-", "unknown") else str(data),
+            "size": info.get("size"), "epochs": epochs if _finite(epochs) else None, "balanced": info.get("balanced"),
+            "meta_source": info.get("meta_source", "record")}
 
 
 def _task_category(task: str) -> str | None:

@@ -55,9 +55,9 @@ def test_encoders_json_lists_catalog_and_user_checkpoints(capsys, monkeypatch):
     for name in (*PAPER_ENCODERS, "supervised_in", "random", "resnet18"):
         assert {"name", "method", "data", "epochs", "available"} <= set(rows[name])
     assert rows["swav_in200"]["available"] is False and rows["random"]["available"] is True
-    assert rows["my_simclr"]["method"] == "simclr" and rows["my_simclr"]["arch"] == "resnet18"
+    assert rows["my_simclr"]["method"] == "SimCLR" and rows["my_simclr"]["arch"] == "resnet18"
     enc = create_encoder("my_simclr")  # resolvable by its stem
-    assert enc.info.method == "simclr" and enc.info.extra["format"] == "harness"
+    assert enc.info.method == "SimCLR" and enc.info.extra["format"] == "harness"
     assert enc.fingerprint() == create_encoder("resnet18", seed=3).fingerprint()
 
 

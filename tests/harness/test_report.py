@@ -1,5 +1,6 @@
 """`harness report`: every analysis against references computed here by hand, numpy, scipy or statsmodels."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -38,11 +39,18 @@ SCORES = {
 NEW, OLD = "2026-01-02T00:00:00+00:00", "2026-01-01T00:00:00+00:00"
 
 
+def card(encoder: str) -> dict:
+    """The encoder card an eval copies into its record (the catalog's, for the paper's names)."""
+    if encoder in CATALOG:
+        return dataclasses.asdict(CATALOG[encoder].info)
+    return {"name": encoder, "arch": "resnet50", "method": "x", "data": "x", "extra": {}}
+
+
 def write_record(folder, encoder, task, score, status="ok", created=NEW, digest="0" * 10, info=None, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     rec = {"encoder": encoder, "task": task, "metric": "top1", "test": score if status == "ok" else None,
            "val": score, "status": status, "category": CATEGORY.get(task, "semantic image-level"),
-           "encoder_info": info or {"name": encoder, "arch": "resnet50", "method": "x", "data": "x", "extra": {}},
+           "encoder_info": info or card(encoder),
            "record_version": 2, "created": created, **extra}
     path = folder / f"{encoder}__{task}__{digest}.json"
     path.write_text(json.dumps(rec))
@@ -276,7 +284,7 @@ def test_metadata_from_checkpoint_and_unknown_encoders(tmp_path):
     meta = encoder_metadata("runs/pretrain/my_moco/my_moco.pt", info)
     assert (meta["method"], meta["data"], meta["epochs"], meta["size"], meta["balanced"]) == (
         "MoCov2", "synth-lin", 5, "0.5M", False)
-    assert encoder_metadata("swav_in_lin200", None)["balanced"] is False
+    assert encoder_metadata("swav_in_lin200", card("swav_in_lin200"))["balanced"] is False
     unknown = encoder_metadata("mystery", {"name": "mystery", "method": "unknown", "data": "-", "extra": {}})
     assert all(unknown[k] is None for k in ("method", "data", "size", "epochs", "balanced"))
 
@@ -356,3 +364,15 @@ def test_nan_free_json(report):
     text = (root / "report" / "report.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert math.isfinite(json.loads(text)["analyses"]["anova"]["summary"]["r_squared"])
+
+
+def test_the_report_reads_encoder_metadata_from_the_records_alone(tmp_path, monkeypatch):
+    """Deleting a catalog row changes nothing: the records carry the encoder cards."""
+    anova_dataset(tmp_path)
+    before = build_report(tmp_path, tmp_path / "a", ReportOptions())
+    monkeypatch.delitem(CATALOG, "swav_in100")
+    monkeypatch.delitem(CATALOG, "mocov2_in100")
+    after = build_report(tmp_path, tmp_path / "b", ReportOptions())
+    strip = lambda d: json.dumps(d["analyses"], sort_keys=True, default=str).replace(str(tmp_path / "b"), "OUT")  # noqa: E731
+    assert strip(before).replace(str(tmp_path / "a"), "OUT") == strip(after)
+    assert before["analyses"]["anova"]["status"] == "ok"
