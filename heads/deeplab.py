@@ -30,8 +30,6 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class DeepLabV3PlusHead(nn.Module):
-    taps = (LOW_TAP, DILATED_TAP)
-
     def __init__(self, taps: dict[str, Tap], num_classes: int):
         super().__init__()
         if taps[DILATED_TAP].stride != 16 or taps[LOW_TAP].stride != 4:

@@ -18,8 +18,6 @@ HIDDEN = 512
 
 
 class FusionHead(nn.Module):
-    taps = ("embedding",)
-
     def __init__(self, in_features: int, frames: int, num_classes: int, hidden: int = HIDDEN):
         super().__init__()
         self.frames = frames

@@ -37,8 +37,6 @@ class Standardize(nn.BatchNorm1d):
 
 
 class LinearHead(nn.Module):
-    taps = ("embedding",)
-
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.norm = Standardize(in_features)

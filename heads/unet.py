@@ -50,8 +50,6 @@ class UNetDecoder(nn.Module):
 class UNetHead(nn.Module):
     """Single-frame U-Net: ``forward(feats, size)`` -> (B, out, *size)."""
 
-    taps = PYRAMID
-
     def __init__(self, taps: dict[str, Tap], out_channels: int):
         super().__init__()
         self.decoder = UNetDecoder({t: taps[t].channels for t in PYRAMID}, out_channels)
@@ -63,8 +61,6 @@ class UNetHead(nn.Module):
 class SiameseUNetHead(nn.Module):
     """Two frames: at every tap, concat the frames' features and fuse them with a 1x1 conv back
     to the single-frame width; then the U-Net decoder runs on the fused pyramid."""
-
-    taps = PYRAMID
 
     def __init__(self, taps: dict[str, Tap], out_channels: int):
         super().__init__()

@@ -143,7 +143,6 @@ class TaskSpec:
     chance_kind: str = ""
     suite: str = "real"
     train_size: int | None = None  # the paper's figure, for the record
-    secondary_metrics: tuple[str, ...] = ()
     description: str = ""
     layout: DataLayout | None = None  # real datasets: folder, tree, URL, expected counts
     extra_tests: tuple[str, ...] = ()  # tasks whose test split this task's head is also evaluated on
@@ -162,4 +161,5 @@ class TaskSpec:
         return {"name": self.name, "output": self.output, "nature": self.nature, "head": self.head,
                 "metric": self.metric, "epochs": self.epochs, "frames": self.frames,
                 "loss": self.loss, "num_outputs": self.num_outputs, "suite": self.suite,
-                "category": self.category, "chance": self.chance, "paper_name": self.paper_name}
+                "category": self.category, "chance": self.chance, "chance_kind": self.chance_kind,
+                "paper_name": self.paper_name}
