@@ -61,7 +61,8 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 
 def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResults:
-    """Every ok record under ``results_dir`` (recursively), the newest per (encoder, task).
+    """Every ok record under ``results_dir`` (recursively), the newest per (encoder, task); records
+    that differ only in the head-training seed (a sweep's ``--seeds``) are averaged.
 
     Failed records, unreadable files and JSON files that are not records are counted, not used.
     Raises UsageError when the folder is missing or holds no usable record.
@@ -89,7 +90,10 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
             counts["no_score"] += 1
             continue
         counts["ok"] += 1
-        rows.append({"encoder": rec["encoder"], "task": rec["task"],
+        key = dict(rec.get("run_key") or {})
+        seed = key.pop("seed", rec.get("seed"))
+        rows.append({"encoder": rec["encoder"], "task": rec["task"], "seed": seed,
+                     "settings": json.dumps(key, sort_keys=True, default=str),
                      "category": rec.get("category") or _task_category(rec["task"]),
                      "metric": rec.get("metric"), "score": float(rec["test"]), "created": rec.get("created"),
                      "record_version": rec.get("record_version"), "file": str(path.relative_to(results_dir)),
@@ -104,13 +108,22 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
     df = pd.DataFrame(rows)
     df["_created"] = pd.to_datetime(df["created"], utc=True, errors="coerce", format="ISO8601")
     df = df.sort_values(["encoder", "task", "_created"], kind="mergesort", na_position="first")
-    dup = df.duplicated(["encoder", "task"], keep="last")
-    if dup.any():
-        pairs = sorted(set(zip(df.loc[dup, "encoder"], df.loc[dup, "task"], strict=True)))
-        counts["superseded"] = int(dup.sum())
+    # The newest settings per (encoder, task); within them, the newest record per seed, averaged over seeds.
+    newest = df.groupby(["encoder", "task"], sort=False)["settings"].transform("last")
+    same = (df["settings"] == newest) & ~df.duplicated(["encoder", "task", "settings", "seed"], keep="last")
+    if (~same).any():
+        pairs = sorted(set(zip(df.loc[~same, "encoder"], df.loc[~same, "task"], strict=True)))
+        counts["superseded"] = int((~same).sum())
         notes.append(f"{len(pairs)} encoder/task pair(s) have several ok records (different run settings); "
                      f"the newest ('created') is used: {_pairs(pairs)}")
-    df = df.loc[~dup].drop(columns="_created").reset_index(drop=True)
+    df = df.loc[same]
+    seeds = df.groupby(["encoder", "task"], sort=False)["score"].transform("size")
+    if (seeds > 1).any():
+        pairs = sorted(set(zip(df.loc[seeds > 1, "encoder"], df.loc[seeds > 1, "task"], strict=True)))
+        notes.append(f"{len(pairs)} encoder/task pair(s) averaged over head-training seeds: {_pairs(pairs)}")
+    df = df.assign(score=df.groupby(["encoder", "task"], sort=False)["score"].transform("mean"), seeds=seeds)
+    df = df.drop_duplicates(["encoder", "task"], keep="last")
+    df = df.drop(columns=["_created", "settings", "seed"]).reset_index(drop=True)
     if counts["failed"]:
         only_failed = sorted(failed_pairs - set(zip(df["encoder"], df["task"], strict=True)))
         notes.append(f"{counts['failed']} failed record(s) skipped"
