@@ -31,7 +31,8 @@ from .cache import (
     remove_entry,
     verify,
 )
-from .common.progress import progress
+from .common.locks import EntryLock
+from .common.progress import log, progress
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, "torch.Tensor | None"]
 
@@ -58,6 +59,7 @@ class CacheStats:
     misses: int = 0
     rebuilt: int = 0
     on_the_fly: int = 0
+    waited: int = 0  # entries another process was encoding: waited for and read
     encode_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -158,25 +160,54 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
         stats.notes.append(f"{key.split}: taps need {est / 2**30:.1f} GiB > {why}; encoded on the fly at every epoch")
         return OnTheFlyFeatures(encoder, dataset, taps, settings)
 
+    lock = None
     if settings.use_cache:
-        try:
-            fh = open_entry(key, root)
-            if fh is not None:
-                with fh:
-                    verify(fh)
-                    if fits_ram:
-                        feats = load_memory(fh)
-                stats.hits += 1
-                if fits_ram:
-                    return feats
-                stats.notes.append(_streamed(key, est, settings))
-                return StreamFeatures(entry_path(key, root))
-        except CorruptEntry as exc:
-            remove_entry(key, root)
-            stats.rebuilt += 1
-            stats.notes.append(f"{key.split}: corrupt cache entry rebuilt ({exc})")
+        # One writer per entry across processes: the others wait for it to be published, then read it.
+        while True:
+            cached = _cached(key, root, fits_ram, est, settings, stats)
+            if cached is not None:
+                return cached
+            lock = EntryLock(entry_path(key, root))
+            if lock.acquire(on_wait=lambda owner: log(f"{desc}: waiting for {owner.get('host', '?')}:"
+                                                      f"{owner.get('pid', '?')}, which is encoding it")):
+                break
+            stats.waited += 1
+            stats.notes.append(f"{key.split}: encoded by another process; waited {lock.waited_s:.0f}s and read it")
+        if lock.broke:
+            stats.notes.append(f"{key.split}: took over a stale cache lock ({lock.broke})")
     stats.misses += 1
 
+    try:
+        return _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, tap_shapes, target_shape,
+                                 target_dtype, valid_shape, fits_ram, est, stats, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _cached(key: FeatureKey, root, fits_ram: bool, est: int, settings: EncodeSettings, stats: CacheStats):
+    """The published entry (in memory or streamed), or None (absent; a corrupt one is removed)."""
+    try:
+        fh = open_entry(key, root)
+        if fh is None:
+            return None
+        with fh:
+            verify(fh)
+            feats = load_memory(fh) if fits_ram else None
+        stats.hits += 1
+        if fits_ram:
+            return feats
+        stats.notes.append(_streamed(key, est, settings))
+        return StreamFeatures(entry_path(key, root))
+    except CorruptEntry as exc:
+        remove_entry(key, root)
+        stats.rebuilt += 1
+        stats.notes.append(f"{key.split}: corrupt cache entry rebuilt ({exc})")
+        return None
+
+
+def _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, tap_shapes, target_shape, target_dtype,
+                      valid_shape, fits_ram, est, stats, lock):
     writer = EntryWriter(key, n, tap_shapes, target_shape, target_dtype, valid_shape, root) if settings.use_cache \
         else None
     kept: dict[str, list] = {"target": [], "valid": []}
@@ -186,6 +217,7 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
             stored = {k: v.to("cpu", getattr(torch, key.dtype)) for k, v in feats.items()}
             if writer is not None:
                 writer.write(stored, target, valid)
+                lock.touch()
             if fits_ram:
                 for k, v in stored.items():
                     kept[k].append(v)

@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.common.atomic import atomic_path
 from harness.common.diskspace import ensure_space, write_h5
+from harness.common.locks import EntryLock
 from harness.common.paths import synthetic_dir
 from harness.common.progress import progress
 
@@ -74,8 +75,15 @@ def ensure_split(kind: str, split: str, n: int, size: int, seed: int = DEFAULT_S
     found = _existing(root, kind, split, size, seed, n)
     if found is not None:
         return found
-    arrays = generate(kind, split, n, size, seed)
     target = root / _name(kind, split, size, seed, n)
+    with EntryLock(target) as lock:  # one renderer per file across processes; the others wait and read it
+        if not lock.acquire():
+            return target
+        return _render(kind, split, n, size, seed, root, target)
+
+
+def _render(kind: str, split: str, n: int, size: int, seed: int, root: Path, target: Path) -> Path:
+    arrays = generate(kind, split, n, size, seed)
     root.mkdir(parents=True, exist_ok=True)
     what = f"the synthetic {kind}/{split} renders"
     ensure_space(root, sum(a.nbytes for a in arrays.values()), what)
