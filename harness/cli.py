@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 
 from .common.errors import HarnessError, UsageError
 
@@ -215,6 +216,7 @@ def _print_results(records: list[dict]) -> None:
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     encoder: Annotated[str, typer.Option("--encoder", "-e", help="catalog name or checkpoint path")],
     task: Annotated[list[str], typer.Option("--task", "-t", help="task or suite name (repeatable)")],
     out: Annotated[Path, typer.Option("--out", help="where result records go")] = Path("results"),
@@ -245,22 +247,9 @@ def eval_cmd(
     download: Annotated[bool, typer.Option("--download", help="fetch missing catalog weights first")] = False,
 ) -> None:
     """Evaluate one frozen encoder on one or more tasks."""
-    from tasks.registry import resolve_tasks
+    from .runner import eval_options, run_eval
 
-    from .runner import EvalOptions, run_eval
-
-    if grid not in ("full", "single"):
-        raise UsageError(f"--grid {grid!r}: use 'full' or 'single'")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision {precision!r}: use auto, fp32, bf16 or fp16")
-    specs = resolve_tasks(task)
-    opts = EvalOptions(encoder=encoder, tasks=specs, out=out, epochs=epochs, limit=limit, resolution=resolution,
-                       seed=seed, encoder_seed=encoder_seed, device=device, data_root=data_root,
-                       batch_size=batch_size, grid=grid, num_workers=workers, force=force, debug=_state["debug"],
-                       seeds=seeds, aug_copies=aug_copies, precision=precision, use_cache=not no_cache,
-                       ram_budget_gb=ram_budget_gb, disk_budget_gb=disk_budget_gb,
-                       fmt=fmt, weights_dir=weights_dir, download=download)
-    records = run_eval(opts)
+    records = run_eval(eval_options(ctx.params, debug=_state["debug"]))
     if json_out:
         _emit(records[0] if len(records) == 1 else records)
     else:
@@ -271,6 +260,79 @@ def eval_cmd(
     _err(f"{written} record(s) written ({failed} failed), {kept} existing kept, in {out}/; next: harness report {out}")
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
+
+
+def _eval_params(extra: list[str]) -> dict:
+    """Eval options given to another command, parsed by eval's own parser (one definition;
+    a wrong one is the same usage error eval would give)."""
+    from .sweep import OWN_OPTIONS
+
+    own = [a for a in extra if a.split("=", 1)[0] in OWN_OPTIONS]
+    if own:
+        raise UsageError(f"{own[0]}: a sweep option, set once for the sweep (not an eval option to pass through)")
+    command = typer.main.get_command(app).commands["eval"]
+    ctx = command.make_context("harness eval", ["--encoder", "-", "--task", "-", *extra])
+    return dict(ctx.params)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="encoders (repeatable)")],
+    task: Annotated[list[str], typer.Option("--task", "-t", help="tasks or suites (repeatable)")],
+    seed: Annotated[int, typer.Option("--seed", help="first head-training seed")] = 0,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="K seeds: one job per encoder x task x seed")] = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local or slurm")] = "local",
+    gpus_per_job: Annotated[int, typer.Option("--gpus-per-job", min=1)] = 1,
+    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", min=1, help="jobs at once (local: "
+                                                        "default one per GPU, else 1; slurm: the array's "
+                                                        "throttle)")] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
+    slurm_partition: Annotated[Optional[str], typer.Option("--slurm-partition")] = None,
+    slurm_time: Annotated[Optional[int], typer.Option("--slurm-time", min=1, help="minutes per job")] = None,
+    slurm_mem: Annotated[Optional[int], typer.Option("--slurm-mem", min=1, help="GB per job")] = None,
+    slurm_cpus: Annotated[Optional[int], typer.Option("--slurm-cpus", min=1, help="CPUs per job")] = None,
+    slurm_account: Annotated[Optional[str], typer.Option("--slurm-account")] = None,
+    out: Annotated[Path, typer.Option("--out", help="where result records go")] = Path("results"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="the plan and an estimate; run nothing")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run encoders x tasks x seeds as jobs (submitit: local workers or SLURM arrays); any other
+    option is an eval option, passed to every job unchanged."""
+    from .sweep import SweepOptions, run_sweep
+
+    params = _eval_params(list(ctx.args))
+    opts = SweepOptions(encoders=encoder, tasks=task, eval_args=list(ctx.args), eval_params=params, out=out,
+                        seed=seed, seeds=seeds, executor=executor, gpus_per_job=gpus_per_job,
+                        max_parallel=max_parallel, retries=retries, dry_run=dry_run,
+                        slurm={"partition": slurm_partition, "time": slurm_time, "mem": slurm_mem,
+                               "cpus": slurm_cpus, "account": slurm_account})
+    doc = run_sweep(opts)
+    if json_out:
+        _emit(doc)
+    else:
+        _print_sweep(doc)
+    if not dry_run and doc["counts"]["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_sweep(doc: dict) -> None:
+    if "estimate" in doc:
+        e = doc["estimate"]
+        typer.echo(f"{e['jobs']} job(s): {e['to_run']} to run, {e['existing']} with a record already, "
+                   f"{e['unplannable']} that cannot run")
+        typer.echo(f"estimate: {e['encode_hours']:.3g} {e['kind']} hour(s) of encoding "
+                   f"({e['encode_hours_without_sharing']:.3g} without shared features); {e['note']}")
+        typer.echo(f"throughput ({e['how']}): " + ", ".join(f"{k} {v} img/s" for k, v in e["throughput"].items()))
+    table = _table("encoder", "task", "seed", "status", "attempts", "time", "error")
+    for j in doc["jobs"]:
+        table.add_row(j["encoder"], j["task"], str(j["seed"]), j["status"], str(j["attempts"]), f"{j['wall_s']:.0f}s",
+                      j["error"])
+    _print_table(table)
+    if "counts" in doc:
+        c = doc["counts"]
+        typer.echo(f"{c['done']} done, {c['skipped']} skipped (record exists), {c['failed']} failed in "
+                   f"{doc['wall_s']:.0f}s; logs: {doc['logs']}; next: harness report {doc['out']}")
 
 
 cache_app = typer.Typer(help="Inspect and clear the feature cache.", no_args_is_help=True)

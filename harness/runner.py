@@ -34,7 +34,7 @@ from tasks.spec import DataRequest, OptimConfig, TaskSpec
 
 from .cache import FeatureKey
 from .common.device import resolve_device
-from .common.errors import HarnessError
+from .common.errors import HarnessError, UsageError
 from .common.progress import TrainProgress, log
 from .common.taps import DILATED_TAP
 from .features import CacheStats, EncodeSettings, get_features
@@ -98,6 +98,23 @@ class Selection:
     val_how: str
     carve_id: str | None
     train_s: float
+
+
+def eval_options(params: dict, debug: bool = False) -> EvalOptions:
+    """``harness eval``'s parsed options (by parameter name) -> EvalOptions: one place, used by
+    eval itself and by sweep, which passes eval's options through to every job."""
+    from tasks.registry import resolve_tasks
+
+    if params["grid"] not in ("full", "single"):
+        raise UsageError(f"--grid {params['grid']!r}: use 'full' or 'single'")
+    if params["precision"] not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision {params['precision']!r}: use auto, fp32, bf16 or fp16")
+    p = dict(params)
+    p.pop("json_out", None)
+    p["tasks"] = resolve_tasks(p.pop("task"))
+    p["num_workers"] = p.pop("workers")
+    p["use_cache"] = not p.pop("no_cache")
+    return EvalOptions(**p, debug=debug)
 
 
 def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> dict:

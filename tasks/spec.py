@@ -153,6 +153,12 @@ class TaskSpec:
     def category(self) -> str:
         return f"{self.nature} {'image-level' if self.output == 'image' else 'pixelwise'}"
 
+    def split_sizes(self) -> dict[str, int]:
+        """Samples per split when read in full: the release's counts, or the synthetic suite's."""
+        if self.layout is not None:
+            return dict(self.layout.counts)
+        return dict(self.extra.get("split_sizes", {}))
+
     @property
     def is_classification(self) -> bool:
         return self.loss in ("ce", "pixel_ce")

@@ -79,14 +79,17 @@ def synthetic_builder(kind: str, image_field: str, target_field: str, target_off
                       sizes: dict[str, int] | None = None):
     """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU)."""
 
+    split_sizes = {**DEFAULT_SIZES[kind], **(sizes or {})}
+
     def build(task: TaskSpec, req: DataRequest) -> SyntheticDataset:
-        n = {**DEFAULT_SIZES[kind], **(sizes or {})}[req.split]
+        n = split_sizes[req.split]
         if req.limit is not None and req.split == "train":
             n = min(n, req.limit)
         size = req.resolution or task.default_resolution
         return SyntheticDataset(kind, image_field, target_field, req.split, n, size, target_offset, valid_field,
                                 valid_positive=valid_positive)
 
+    build.split_sizes = split_sizes  # the task record declares them (TaskSpec.split_sizes)
     return build
 
 
@@ -95,6 +98,7 @@ def _synthetic(**kw) -> TaskSpec:
         "suite": "synth", "default_resolution": DEFAULT_RESOLUTION, "splits": SplitSpec("train", "val", "test"),
         "optim": OptimConfig("adam", 3e-4), "batch_size": 64,
     }
+    kw.setdefault("extra", {"split_sizes": dict(kw["dataset"].split_sizes)})
     return register_task(TaskSpec(**{**defaults, **kw}))
 
 
