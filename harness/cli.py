@@ -245,6 +245,25 @@ def eval_cmd(
     fmt: Annotated[Optional[str], typer.Option("--format", help="checkpoint format (default: detected)")] = None,
     weights_dir: WeightsDirOpt = None,
     download: Annotated[bool, typer.Option("--download", help="fetch missing catalog weights first")] = False,
+    probe: Annotated[str, typer.Option("--probe", help="head: the task's head over its grid; knn: weighted kNN "
+                                       "on the L2-normalised embedding; logreg: scikit-learn L-BFGS logistic "
+                                       "regression, C swept on val")] = "head",
+    tap: Annotated[Optional[str], typer.Option("--tap", help="probe a declared tap (spatial ones average-pooled "
+                                               "to about --pool-dims features), or 'all': one record per tap")] = None,
+    pool_dims: Annotated[int, typer.Option("--pool-dims", min=1, help="features a pooled spatial tap keeps "
+                                           "(Kolesnikov et al.: 9000)")] = 9000,
+    train_fraction: Annotated[Optional[float], typer.Option("--train-fraction", help="train on this fraction of "
+                                                            "each class (seeded, stratified)")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="train on N samples per class")] = None,
+    train_size: Annotated[Optional[int], typer.Option("--train-size", help="N samples in all, as VTAB-1k: "
+                                                      "0.8 N from train, 0.2 N from val")] = None,
+    knn_k: Annotated[Optional[list[int]], typer.Option("--knn-k", help="kNN neighbours (repeatable: chosen on "
+                                                       "val; default 20)")] = None,
+    knn_t: Annotated[Optional[list[float]], typer.Option("--knn-t", help="kNN temperature (repeatable; "
+                                                         "default 0.07)")] = None,
+    logreg_c: Annotated[Optional[list[float]], typer.Option("--logreg-c", help="logistic-regression C values to "
+                                                            "choose from on val (default: CLIP's sweep over "
+                                                            "1e-6..1e6)")] = None,
 ) -> None:
     """Evaluate one frozen encoder on one or more tasks."""
     from .runner import eval_options, run_eval

@@ -66,6 +66,11 @@ class EvalRecord:
     run_key: dict[str, Any] = field(default_factory=dict)
     train_size: int | None = None  # the paper's train size for the task (its own n is in ``n``)
     trained_on: str = ""  # the task whose head was trained and selected (differs for test-only tasks)
+    probe: str = "head"  # head: the task's head over the grid; knn; logreg (harness/probes.py)
+    tap: str | None = None  # the tap probed ("embedding" for the single-layer and fusion heads); None: dense heads
+    tap_index: int | None = None  # its depth among the encoder's declared blocks
+    pool: dict[str, Any] | None = None  # a spatial tap's pooling: mode, dims, grid, features
+    subset: dict[str, Any] | None = None  # a label fraction: kind, value, seed, manifests (size, hash)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     record_version: int = RECORD_VERSION
 

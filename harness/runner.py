@@ -32,14 +32,16 @@ from tasks.datasets.base import TaskDataset
 from tasks.registry import get_task
 from tasks.spec import DataRequest, OptimConfig, TaskSpec
 
+from . import probes, subsets
 from .cache import FeatureKey
 from .common.device import resolve_device
 from .common.errors import HarnessError, UsageError
 from .common.progress import TrainProgress, log
-from .common.taps import DILATED_TAP
+from .common.taps import DILATED_TAP, Tap
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val
+from .stacked import fit_grid, supports
 from .train import FitResult, evaluate, fit
 
 
@@ -70,6 +72,20 @@ class EvalOptions:
     fmt: str | None = None  # checkpoint format override (encoders/adapters.py); None: detected
     weights_dir: Path | None = None  # None: $HARNESS_WEIGHTS or <cache>/weights
     download: bool = False  # fetch missing catalog weights (never implicit)
+    # probes (harness/probes.py) and label fractions (harness/subsets.py); defaults: the paper's protocol
+    probe: str = "head"  # head: the task's head over the grid; knn; logreg
+    tap: str | None = None  # a declared tap or "all" (one record per tap); None: what the head reads
+    pool_dims: int = probes.POOL_DIMS  # spatial taps pooled to about this many features
+    train_fraction: float | None = None
+    shots: int | None = None
+    train_size: int | None = None
+    knn_k: tuple[int, ...] = (probes.KNN_K,)
+    knn_t: tuple[float, ...] = (probes.KNN_T,)
+    logreg_c: tuple[float, ...] = ()  # empty: the CLIP paper's sweep of C
+
+    @property
+    def subset(self) -> subsets.SubsetSpec | None:
+        return subsets.subset_spec(self.train_fraction, self.shots, self.train_size)
 
 
 @dataclass
@@ -98,6 +114,10 @@ class Selection:
     val_how: str
     carve_id: str | None
     train_s: float
+    build: object = None  # () -> the head, untrained (the chosen states load into it)
+    score: probes.Scorer | None = None  # kNN / logreg: (chosen, test source) -> (scores, parameters)
+    fields: dict = field(default_factory=dict)  # record fields: probe, tap, tap_index, pool, subset
+    notes: list[str] = field(default_factory=list)
 
 
 def eval_options(params: dict, debug: bool = False) -> EvalOptions:
@@ -114,11 +134,46 @@ def eval_options(params: dict, debug: bool = False) -> EvalOptions:
     p["tasks"] = resolve_tasks(p.pop("task"))
     p["num_workers"] = p.pop("workers")
     p["use_cache"] = not p.pop("no_cache")
-    return EvalOptions(**p, debug=debug)
+    _probe_options(p)
+    opts = EvalOptions(**p, debug=debug)
+    opts.subset  # noqa: B018 - a usage error now, not after encoding
+    return opts
 
 
-def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> dict:
-    """Everything that defines a result: the same key means the same experiment."""
+def _probe_options(p: dict) -> None:
+    """--probe, --tap and their settings checked and normalised in place (lists -> tuples)."""
+    if p.setdefault("probe", "head") not in probes.PROBES:
+        raise UsageError(f"--probe {p['probe']!r}: use one of {', '.join(probes.PROBES)}")
+    p["knn_k"] = tuple(p.get("knn_k") or (probes.KNN_K,))
+    p["knn_t"] = tuple(p.get("knn_t") or (probes.KNN_T,))
+    p["logreg_c"] = tuple(p.get("logreg_c") or ())
+    if min(p["knn_k"]) < 1 or min(p["knn_t"]) <= 0:
+        raise UsageError("--knn-k must be >= 1 and --knn-t > 0")
+    if p["logreg_c"] and min(p["logreg_c"]) <= 0:
+        raise UsageError("--logreg-c must be > 0")
+    if p.get("pool_dims", 1) < 1:
+        raise UsageError("--pool-dims must be >= 1")
+
+
+def _variant_key(opts: EvalOptions, tap: str | None) -> dict:
+    """The run-key entries of a probe, tap or label fraction; none for the paper's protocol, so the
+    keys (and record files) of default runs stay as they were."""
+    key: dict = {}
+    if opts.probe == "knn":
+        key.update(probe="knn", knn_k=list(opts.knn_k), knn_t=list(opts.knn_t))
+    elif opts.probe == "logreg":
+        key.update(probe="logreg", logreg_c=list(opts.logreg_c) or "clip-sweep")
+    if tap not in (None, probes.DEFAULT_TAP):
+        key.update(tap=tap, pool_dims=opts.pool_dims)
+    spec = opts.subset
+    if spec is not None:
+        key["subset"] = {"kind": spec.kind, "value": spec.value}
+    return key
+
+
+def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, tap: str | None = None) -> dict:
+    """Everything that defines a result: the same key means the same experiment (``tap``: the one
+    probed, of those ``--tap`` asks for)."""
     source = get_task(task.head_from) if task.head_from else task
     key = {"encoder": encoder.fingerprint(), "task": task.name, "epochs": opts.epochs or source.epochs,
            "limit": opts.limit, "resolution": opts.resolution, "seed": opts.seed, "seeds": opts.seeds,
@@ -126,11 +181,16 @@ def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> dict:
            "data_root": str(opts.data_root) if opts.data_root else None, "record_version": RECORD_VERSION}
     if task.head_from:
         key["head_from"] = task.head_from
+    key.update(_variant_key(opts, tap))
     return key
 
 
-def record_path(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> Path:
-    digest = hashlib.sha256(json.dumps(run_key(encoder, task, opts), sort_keys=True).encode()).hexdigest()[:10]
+def record_path(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, tap: str | None = None) -> Path:
+    """Where the record of ``task`` (and ``tap``; default: the first ``--tap`` asks for) goes."""
+    if tap is None and opts.tap is not None:
+        tap = probes.requested_taps(encoder, opts.tap)[0]
+    key = run_key(encoder, task, opts, tap)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return Path(opts.out) / f"{slug(encoder.name)}__{task.name}__{digest}.json"
 
 
@@ -223,24 +283,43 @@ def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheSta
 
 # ------------------------------------------------------------------------------- 3. train and select
 
-def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.device) -> list:
+def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.device,
+                     taps: dict[str, Tap] | None = None) -> list:
+    """Per seed: (seed, the chosen FitResult, every configuration's). ``taps``: the widths the head is
+    built for (default: the encoder's; a probed tap's otherwise). Single-layer and fusion heads train
+    the whole grid (and every seed) at once (harness.stacked); other heads one configuration at a time."""
     task = plan.task
+    taps = taps if taps is not None else encoder.taps
     per_seed = []
     total = len(plan.seeds) * len(plan.grid) * plan.epochs
+
+    def label(s: int, i: int) -> str:
+        seed_tag = f" seed {s}" if len(plan.seeds) > 1 else ""
+        return f"config {i + 1}/{len(plan.grid)} ({plan.grid[i].label}){seed_tag}"
+
     with TrainProgress(f"train {task.name}", total, task.metric) as bar:
+        def build():
+            return plan.head.build(taps, task)
+
+        if supports(build, plan.grid, task):
+            by_seed = fit_grid(build, plan.grid, plan.seeds, train_src, val_src, task,
+                               plan.epochs, device, plan.batch_size,
+                               on_epoch=lambda s, i, e, loss, val: bar.epoch(label(s, i), e, plan.epochs, loss, val))
+        else:
+            by_seed = {}
+            for s in plan.seeds:
+                by_seed[s] = []
+                for i, cfg in enumerate(plan.grid):
+                    torch.manual_seed(s * 1000 + i)
+                    head = build()
+
+                    def hook(epoch, loss, val, lab=label(s, i)):
+                        bar.epoch(lab, epoch, plan.epochs, loss, val)
+
+                    by_seed[s].append(fit(head, train_src, val_src, task, cfg, plan.epochs, device, s,
+                                          plan.batch_size, on_epoch=hook))
         for s in plan.seeds:
-            results = []
-            for i, cfg in enumerate(plan.grid):
-                torch.manual_seed(s * 1000 + i)
-                head = plan.head.build(encoder.taps, task)
-                seed_tag = f" seed {s}" if len(plan.seeds) > 1 else ""
-                label = f"config {i + 1}/{len(plan.grid)} ({cfg.label}){seed_tag}"
-
-                def hook(epoch, loss, val, label=label):
-                    bar.epoch(label, epoch, plan.epochs, loss, val)
-
-                results.append(fit(head, train_src, val_src, task, cfg, plan.epochs, device, s, plan.batch_size,
-                                   on_epoch=hook))
+            results = by_seed[s]
             best = max(results, key=lambda r: r.best_val)  # ties: the earlier (default-first) configuration
             per_seed.append((s, best, results))
     first = per_seed[0][1]
@@ -251,33 +330,46 @@ def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.
 
 # ------------------------------------------------------------------------------------------ 4. test
 
-def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts: EvalOptions, stats: CacheStats,
-                device: torch.device, t0: float) -> EvalRecord:
-    """Build, encode and score ``target``'s test split with each seed's chosen head; the record."""
-    task = plan.task
-    eval_tf = target.eval_transform.label
+def encode_test(encoder, plan: TaskPlan, target: TaskSpec, opts: EvalOptions, stats: CacheStats):
+    """``target``'s test split, built and encoded (once, whatever the number of probes scored on it)."""
     test_ds = target.dataset(target, _request(target, opts, target.splits.test, False))
     test_src = _encode(encoder, test_ds, plan, _feature_key(encoder, plan, opts, target, "test", len(test_ds),
-                                                            eval_tf), stats, f"encode {target.name}/test")
+                                                            target.eval_transform.label), stats,
+                       f"encode {target.name}/test")
+    return test_ds, test_src
+
+
+def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts: EvalOptions, stats: CacheStats,
+                device: torch.device, t0: float, test=None) -> EvalRecord:
+    """Score ``target``'s test split (``test``: (dataset, source) already encoded; else built and
+    encoded here) with each seed's chosen head or probe; the record."""
+    task = plan.task
+    eval_tf = target.eval_transform.label
+    test_ds, test_src = test if test is not None else encode_test(encoder, plan, target, opts, stats)
     seed_rows = []
+    n_params = 0
     for s, best, _ in sel.per_seed:
-        head = plan.head.build(encoder.taps, task)
-        head.load_state_dict(best.state)
-        head.to(device)
-        scores = evaluate(head, test_src, task, device)
+        if sel.score is not None:
+            scores, n_params = sel.score(best, test_src)
+        else:
+            head = sel.build() if sel.build is not None else plan.head.build(encoder.taps, task)
+            head.load_state_dict(best.state)
+            head.to(device)
+            scores = evaluate(head, test_src, task, device)
+            n_params = count_parameters(head)
         seed_rows.append({"seed": s, "test": float(scores[task.metric]), "val": float(best.best_val),
                           "config": best.config.label, "epoch": best.best_epoch, "test_scores": scores})
     first_best, first_results = sel.per_seed[0][1], sel.per_seed[0][2]
     tests, vals = [r["test"] for r in seed_rows], [r["val"] for r in seed_rows]
     sample = test_ds[0]["image"]
-    notes = list(opts.notes) + stats.notes
+    notes = list(opts.notes) + stats.notes + sel.notes
     if target is not task:
         notes.append(f"head trained on {task.name} train and selected on its val; tested on {target.name}")
     record = EvalRecord(
         encoder=encoder.name, task=target.name, metric=target.metric,
         test=statistics.fmean(tests), val=statistics.fmean(vals),
         config={**first_best.config.__dict__, "label": first_best.config.label, "batch_size": plan.batch_size},
-        epoch=first_best.best_epoch, seed=opts.seed, head_params=count_parameters(head),
+        epoch=first_best.best_epoch, seed=opts.seed, head_params=n_params,
         resolution=int(sample.shape[-1]),
         timings={"encode_s": stats.encode_s, "train_s": sel.train_s, "total_s": time.perf_counter() - t0},
         cache={"hits": stats.hits, "misses": stats.misses, "rebuilt": stats.rebuilt, "on_the_fly": stats.on_the_fly,
@@ -291,7 +383,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
         grid=[{"config": r.config.label, "best_val": r.best_val, "best_epoch": r.best_epoch,
                "history": r.history, "lrs": r.lrs} for r in first_results],
         chance=target.chance, device=str(device), notes=notes,
-        train_size=task.train_size, trained_on=task.name,
+        train_size=task.train_size, trained_on=task.name, **sel.fields,
     )
     if len(sel.per_seed) > 1:
         record.secondary.update({"seeds": seed_rows, "test_std": statistics.stdev(tests),
@@ -301,24 +393,64 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
 
 
 def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,
-                   device: torch.device) -> list[EvalRecord]:
-    """Train ``task``'s head once and test it on each target (``task`` itself and/or test-only tasks)."""
+                   device: torch.device, taps: list[str | None] | tuple = (None,)) -> list[EvalRecord]:
+    """Train ``task``'s probe once per tap in ``taps`` (None: the head's own input) and test it on each
+    target (``task`` itself and/or test-only tasks); records in (target, tap) order.
+
+    Every tap is encoded in one pass, and label fractions are drawn from the encoded features."""
     t0 = time.perf_counter()
+    for tap in taps:
+        probes.check_applies(task, opts.probe, tap)
     plan = plan_task(encoder, task, opts, device)
+    names = {tap: probes.feature_name(tap, encoder, opts.pool_dims) for tap in taps}
+    enc = encoder
+    if any(n is not None for n in names.values()):
+        if any(n != tap for tap, n in names.items()):
+            enc = probes.pooled_encoder(encoder, opts.pool_dims)
+        plan.taps = tuple(dict.fromkeys(n if n is not None else probes.DEFAULT_TAP for n in names.values()))
     stats = CacheStats()
-    train_src, val_src, (n_train, n_val, val_how, carve_id) = encode_train_val(encoder, plan, opts, stats)
-    t_train = time.perf_counter()
-    per_seed = train_and_select(encoder, plan, train_src, val_src, device)
-    sel = Selection(per_seed, n_train, n_val, val_how, carve_id, time.perf_counter() - t_train)
-    return [test_target(encoder, plan, target, sel, opts, stats, device, t0) for target in targets]
+    train_src, val_src, (_, _, val_how, carve_id) = encode_train_val(enc, plan, opts, stats)
+    drawn = subsets.apply(task, opts.subset, opts.seed, train_src, val_src)
+    sels = []
+    for tap in taps:
+        name = names[tap]
+        train_t = [probes.tap_view(src, name, task.frames) for src in drawn.train]
+        val_t = probes.tap_view(drawn.val, name, task.frames)
+        fields = {"probe": opts.probe, "subset": drawn.record,
+                  **probes.tap_record(tap, name, encoder, drawn.val, opts.pool_dims)}
+        if fields["tap"] == probes.DEFAULT_TAP and task.head not in ("linear", "fusion") and opts.probe == "head":
+            fields["tap"] = fields["tap_index"] = None  # a dense head reads its own taps
+        t_train = time.perf_counter()
+        sel = Selection([], len(drawn.train[0]), len(drawn.val), val_how, carve_id, 0.0, fields=fields,
+                        notes=list(drawn.notes))
+        if opts.probe == "head":
+            head_taps = encoder.taps if name is None else probes.probe_taps(val_t, task.frames)
+            sel.per_seed = train_and_select(encoder, plan, train_t, val_t, device, head_taps)
+            sel.build = lambda head_taps=head_taps: plan.head.build(head_taps, task)
+        else:
+            sel.per_seed, sel.score = probes.fit_probe(opts.probe, task, train_t, val_t, device, plan.seeds,
+                                                       knn_k=opts.knn_k, knn_t=opts.knn_t, logreg_c=opts.logreg_c)
+            sel.notes.append(f"{opts.probe} probe on train copy 0, setting chosen on val; deterministic: "
+                             f"one fit serves every seed")
+        sel.train_s = time.perf_counter() - t_train
+        sels.append((name, sel))
+    records = []
+    for target in targets:
+        test_ds, test_src = encode_test(enc, plan, target, opts, stats)
+        for name, sel in sels:
+            records.append(test_target(encoder, plan, target, sel, opts, stats, device, t0,
+                                       (test_ds, probes.tap_view(test_src, name, task.frames))))
+    return records
 
 
 # ------------------------------------------------------------------------------------------- driver
 
-def _failed(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, error: str) -> EvalRecord:
+def _failed(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, error: str,
+            tap: str | None = None) -> EvalRecord:
     return EvalRecord(encoder=encoder.name, task=task.name, metric=task.metric, test=None, val=None, config={},
                       epoch=None, seed=opts.seed, head_params=0, resolution=opts.resolution, timings={}, cache={},
-                      status="failed", error=error, encoder_fingerprint=encoder.fingerprint())
+                      status="failed", error=error, encoder_fingerprint=encoder.fingerprint(), probe=opts.probe,
+                      tap=tap)
 
 
 def _groups(tasks: list[TaskSpec]) -> list[tuple[TaskSpec, list[TaskSpec]]]:
@@ -369,6 +501,7 @@ def run_eval(opts: EvalOptions) -> list[dict]:
                if v}
     encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
     asked = {t.name for t in opts.tasks}
+    taps = probes.requested_taps(encoder, opts.tap)
     out: list[dict] = []
     groups = _groups(opts.tasks)
     for gi, (source, targets) in enumerate(groups, 1):
@@ -376,31 +509,39 @@ def run_eval(opts: EvalOptions) -> list[dict]:
         targets = [t for t in targets if t.name in asked or _data_available(t, opts)]
         todo, paths = [], {}
         for target in targets:
-            path = paths[target.name] = record_path(encoder, target, opts)
-            if path.exists():
-                existing = read_record(path)
-                if existing.get("status") == "ok":
-                    if not opts.force:
-                        existing["skipped"] = True
-                        out.append(existing)
-                        continue
-                    # --force: the finished record is kept beside the new one, never lost.
-                    stamp = existing.get("created", "old").replace(":", "")
-                    path.replace(path.with_name(f"{path.stem}.{stamp}.json.bak"))
-            todo.append(target)
+            for tap in taps:
+                path = paths[target.name, tap] = record_path(encoder, target, opts, tap)
+                if path.exists():
+                    existing = read_record(path)
+                    if existing.get("status") == "ok":
+                        if not opts.force:
+                            existing["skipped"] = True
+                            out.append(existing)
+                            continue
+                        # --force: the finished record is kept beside the new one, never lost.
+                        stamp = existing.get("created", "old").replace(":", "")
+                        path.replace(path.with_name(f"{path.stem}.{stamp}.json.bak"))
+                todo.append((target, tap))
         if not todo:
             continue
+        # Every (target, tap) left to do comes from one training per tap and one encode.
+        todo_targets = list({t.name: t for t, _ in todo}.values())
+        todo_taps = list(dict.fromkeys(tap for _, tap in todo))
+        pairs = [(t, tap) for t in todo_targets for tap in todo_taps]
+        wanted = {(t.name, tap) for t, tap in todo}
         log(f"task {source.name} ({gi}/{len(groups)}): encoder {encoder.name} on {device}")
         try:
-            records = evaluate_group(encoder, source, todo, opts, device)
+            records = evaluate_group(encoder, source, todo_targets, opts, device, todo_taps)
         except Exception as exc:
             if opts.debug or (len(opts.tasks) == 1 and isinstance(exc, HarnessError)):
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            records = [_failed(encoder, t, opts, f"{type(exc).__name__}: {msg}") for t in todo]
+            records = [_failed(encoder, t, opts, f"{type(exc).__name__}: {msg}", tap) for t, tap in pairs]
             log(f"task {source.name}: FAILED: {msg}")
-        for record, target in zip(records, todo, strict=True):
-            record.run_key = run_key(encoder, target, opts)
-            record.write_to(paths[target.name])
+        for record, (target, tap) in zip(records, pairs, strict=True):
+            if (target.name, tap) not in wanted:  # its record exists (the target's other taps were to do)
+                continue
+            record.run_key = run_key(encoder, target, opts, tap)
+            record.write_to(paths[target.name, tap])
             out.append(record.to_dict())
     return out

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import harness.runner as runner
-import harness.train as train_mod
 from harness.cache import MemoryFeatures
 from harness.runner import EvalOptions, run_eval
 from harness.train import fit
@@ -22,15 +21,15 @@ def opts(tmp_path, tasks, **kw):
 def test_test_split_untouched_before_final_evaluation(tmp_path, monkeypatch):
     toy.ACCESS_LOG.clear()
     events = []
-    real_fit = train_mod.fit
+    real_fit_grid = runner.fit_grid
 
-    def logged_fit(*a, **k):
-        events.append(("fit", len(toy.ACCESS_LOG)))
-        return real_fit(*a, **k)
+    def logged_fit_grid(build, grid, *a, **k):  # the linear head's whole grid trains in one call
+        events.append(("fit", len(toy.ACCESS_LOG), len(grid)))
+        return real_fit_grid(build, grid, *a, **k)
 
-    monkeypatch.setattr(runner, "fit", logged_fit)
+    monkeypatch.setattr(runner, "fit_grid", logged_fit_grid)
     (rec,) = run_eval(opts(tmp_path, [toy.toy_task(log=True)], grid="full"))
-    assert rec["status"] == "ok" and len(events) == 4
+    assert rec["status"] == "ok" and [e[2] for e in events] == [4] and len(rec["grid"]) == 4
     test_access = [i for i, (split, _) in enumerate(toy.ACCESS_LOG) if split == "test"]
     assert test_access, "the test split was never evaluated"
     assert min(test_access) >= events[-1][1]  # first test access after the last training run
@@ -105,13 +104,13 @@ def test_seeds_give_mean_and_std(tmp_path):
 
 def test_augmented_copies_are_encoded_once_each_and_cycled(tmp_path, monkeypatch):
     seen = []
-    real_fit = train_mod.fit
+    real_fit_grid = runner.fit_grid
 
-    def spy(head, train, *a, **k):
+    def spy(build, grid, seeds, train, *a, **k):
         seen.append(len(train))
-        return real_fit(head, train, *a, **k)
+        return real_fit_grid(build, grid, seeds, train, *a, **k)
 
-    monkeypatch.setattr(runner, "fit", spy)
+    monkeypatch.setattr(runner, "fit_grid", spy)
     (rec,) = run_eval(opts(tmp_path, [toy.toy_task("toy_aug", random_aug=True, aug_copies=3)]))
     assert seen == [3] and rec["n"]["aug_copies"] == 3
     assert rec["cache"]["misses"] == 5  # 3 train copies + val + test
