@@ -31,12 +31,15 @@ from .load import _inside, encoder_metadata, encoder_table, load_results, task_c
 from .plots import (
     plot_anova,
     plot_baseline_gain,
+    plot_fraction_curve,
     plot_group_difference,
     plot_imagenet_correlation,
     plot_normalised_distribution,
+    plot_tap_curve,
     plot_task_correlation,
 )
 from .ranks import _rank_markdown, rank_table, summary_table
+from .variants import fraction_curve, probe_comparison, tap_curve
 from .writers import _cell, _write_text, report_markdown, status_lines, table_records, write_outputs
 
 ANALYSES: tuple[Analysis, ...] = (
@@ -58,17 +61,34 @@ ANALYSES: tuple[Analysis, ...] = (
              "the baseline encoder and encoders differing in method, balance, size or epochs", anova, plot_anova),
     Analysis("ranks", "Encoders x tasks with rank per task and mean rank", "any results", rank_table,
              markdown=_rank_markdown),
+    Analysis("tap_curve", "Score per tap, shallow to deep (linear probes on pooled taps)",
+             "an encoder x task probed at >= 2 taps (harness eval --tap all)", tap_curve, plot_tap_curve,
+             reads="variants"),
+    Analysis("fraction_curve", "Score against the fraction of train labels used",
+             "label-fraction results (harness eval --train-fraction, --shots or --train-size)", fraction_curve,
+             plot_fraction_curve, reads="variants"),
+    Analysis("probe_comparison", "The task's head, kNN and logistic regression side by side",
+             "an encoder x task scored by >= 2 probes (harness eval --probe knn / logreg)", probe_comparison,
+             reads="variants"),
 )
 
+MAIN_ONLY = "no results of the default protocol (the task's head on the full train split); only other probes, " \
+            "taps or label fractions"
 
-def run_analyses(scores: pd.DataFrame, opts: ReportOptions,
-                 analyses: Iterable[Analysis] = ANALYSES) -> list[AnalysisResult]:
+
+def run_analyses(scores: pd.DataFrame, opts: ReportOptions, analyses: Iterable[Analysis] = ANALYSES,
+                 variants: pd.DataFrame | None = None) -> list[AnalysisResult]:
+    """Run each analysis on what it reads: ``scores`` (the paper's protocol, one row per encoder x
+    task) or ``variants`` (every probe, tap and label fraction; default: ``scores``)."""
     results = []
     for analysis in analyses:
+        data = variants if analysis.reads == "variants" and variants is not None else scores
         try:
+            if data.empty:
+                raise Skip(MAIN_ONLY if analysis.reads == "main" else "no results")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                results.append(AnalysisResult(analysis, outcome=analysis.compute(scores, opts)))
+                results.append(AnalysisResult(analysis, outcome=analysis.compute(data, opts)))
         except Skip as exc:
             results.append(AnalysisResult(analysis, reason=str(exc)))
     return results
@@ -89,9 +109,9 @@ def build_report(results_dir: Path, out: Path | None = None, opts: ReportOptions
     out = Path(out) if out is not None else results_dir / "report"
     # the report folder's own JSON is not a record, unless the records live in it (--out RESULTS_DIR)
     loaded = load_results(results_dir, exclude=None if _inside(results_dir, out) else out)
-    scores = loaded.scores
-    results = run_analyses(scores, opts)
+    results = run_analyses(loaded.scores, opts, variants=loaded.variants)
     write_outputs(out, results, opts)
+    scores = loaded.scores if not loaded.scores.empty else loaded.variants
     cats = task_categories(scores)
     metrics = scores.drop_duplicates("task").set_index("task")["metric"]
     encs = encoder_table(scores)

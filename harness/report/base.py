@@ -69,6 +69,7 @@ class Analysis:
     compute: Callable[[pd.DataFrame, ReportOptions], Outcome]
     plot: Callable[[Outcome, ReportOptions], Any] | None = None  # -> matplotlib Figure
     markdown: Callable[[Outcome], str] | None = None  # default: every table as is
+    reads: str = "main"  # main: the paper's protocol, one score per encoder x task; variants: every probe variant
 
 
 @dataclass
@@ -85,9 +86,10 @@ class AnalysisResult:
 
 @dataclass
 class LoadedResults:
-    scores: pd.DataFrame  # one row per (encoder, task): score and the encoder's metadata
+    scores: pd.DataFrame  # one row per (encoder, task): score and the encoder's metadata (the paper's protocol)
     counts: dict[str, int]
     notes: list[str]
+    variants: pd.DataFrame | None = None  # every probe variant: one row per (encoder, task, probe, tap, fraction)
 
 
 def _finite(value: Any) -> bool:

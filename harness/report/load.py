@@ -60,9 +60,43 @@ def _inside(path: Path, folder: Path | None) -> bool:
         return False
 
 
+DEFAULT_TAP = "embedding"
+VARIANT_KEYS = ("probe", "tap", "pool_dims", "subset")  # run-key entries naming a probe variant, not a setting
+
+
+def variant_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """The probe variant of a record (harness/probes.py, harness/subsets.py): probe, tap and its depth
+    and pooled grid, label fraction. Records written before these fields read as the default: the
+    task's head on its own input, on the full train split."""
+    subset = rec.get("subset") or {}
+    tap = rec.get("tap") or (DEFAULT_TAP if rec.get("head") in ("linear", "fusion") else None)
+    pool = rec.get("pool") or {}
+    grid = pool.get("grid")
+    return {"probe": rec.get("probe") or "head", "tap": tap,
+            "tap_index": rec.get("tap_index") if _finite(rec.get("tap_index")) else None,
+            "pool_grid": "x".join(str(g) for g in grid) if grid else None,
+            "subset_kind": subset.get("kind"), "subset_value": subset.get("value"),
+            "fraction": float(subset["fraction"]) if _finite(subset.get("fraction")) else 1.0,
+            "n_train": (rec.get("n") or {}).get("train")}
+
+
+def _variant(fields: dict[str, Any]) -> str:
+    tap = None if fields["tap"] in (None, DEFAULT_TAP) else fields["tap"]
+    return json.dumps([fields["probe"], tap, fields["subset_kind"], fields["subset_value"]])
+
+
+def is_default(scores: pd.DataFrame) -> pd.Series:
+    """Rows of the paper's protocol: the task's head, on its own input, trained on the full train split."""
+    return ((scores["probe"] == "head") & (scores["tap"].isna() | (scores["tap"] == DEFAULT_TAP))
+            & scores["subset_kind"].isna())
+
+
 def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResults:
-    """Every ok record under ``results_dir`` (recursively), the newest per (encoder, task); records
-    that differ only in the head-training seed (a sweep's ``--seeds``) are averaged.
+    """Every ok record under ``results_dir`` (recursively), the newest per (encoder, task, probe
+    variant); records that differ only in the head-training seed (a sweep's ``--seeds``) are averaged.
+
+    ``scores`` holds the paper's protocol only (the task's head on the full train split), one row per
+    (encoder, task), for the main analyses; ``variants`` every probe, tap and label fraction.
 
     Failed records, unreadable files and JSON files that are not records are counted, not used.
     Raises UsageError when the folder is missing or holds no usable record.
@@ -92,7 +126,11 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
         counts["ok"] += 1
         key = dict(rec.get("run_key") or {})
         seed = key.pop("seed", rec.get("seed"))
-        rows.append({"encoder": rec["encoder"], "task": rec["task"], "seed": seed,
+        for k in VARIANT_KEYS:
+            key.pop(k, None)
+        variant = variant_fields(rec)
+        rows.append({"encoder": rec["encoder"], "task": rec["task"], "seed": seed, "variant": _variant(variant),
+                     **variant,
                      "settings": json.dumps(key, sort_keys=True, default=str),
                      "category": rec.get("category") or _task_category(rec["task"]),
                      "metric": rec.get("metric"), "score": float(rec["test"]), "created": rec.get("created"),
@@ -107,23 +145,30 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
     notes = []
     df = pd.DataFrame(rows)
     df["_created"] = pd.to_datetime(df["created"], utc=True, errors="coerce", format="ISO8601")
-    df = df.sort_values(["encoder", "task", "_created"], kind="mergesort", na_position="first")
-    # The newest settings per (encoder, task); within them, the newest record per seed, averaged over seeds.
-    newest = df.groupby(["encoder", "task"], sort=False)["settings"].transform("last")
-    same = (df["settings"] == newest) & ~df.duplicated(["encoder", "task", "settings", "seed"], keep="last")
+    df = df.sort_values(["encoder", "task", "variant", "_created"], kind="mergesort", na_position="first")
+    # The newest settings per (encoder, task, variant); within them, the newest record per seed, averaged over seeds.
+    unit = ["encoder", "task", "variant"]
+    newest = df.groupby(unit, sort=False)["settings"].transform("last")
+    same = (df["settings"] == newest) & ~df.duplicated([*unit, "settings", "seed"], keep="last")
     if (~same).any():
         pairs = sorted(set(zip(df.loc[~same, "encoder"], df.loc[~same, "task"], strict=True)))
         counts["superseded"] = int((~same).sum())
         notes.append(f"{len(pairs)} encoder/task pair(s) have several ok records (different run settings); "
                      f"the newest ('created') is used: {_pairs(pairs)}")
     df = df.loc[same]
-    seeds = df.groupby(["encoder", "task"], sort=False)["score"].transform("size")
+    seeds = df.groupby(unit, sort=False)["score"].transform("size")
     if (seeds > 1).any():
         pairs = sorted(set(zip(df.loc[seeds > 1, "encoder"], df.loc[seeds > 1, "task"], strict=True)))
         notes.append(f"{len(pairs)} encoder/task pair(s) averaged over head-training seeds: {_pairs(pairs)}")
-    df = df.assign(score=df.groupby(["encoder", "task"], sort=False)["score"].transform("mean"), seeds=seeds)
-    df = df.drop_duplicates(["encoder", "task"], keep="last")
-    df = df.drop(columns=["_created", "settings", "seed"]).reset_index(drop=True)
+    df = df.assign(score=df.groupby(unit, sort=False)["score"].transform("mean"), seeds=seeds)
+    df = df.drop_duplicates(unit, keep="last")
+    df = df.drop(columns=["_created", "settings", "seed", "variant"]).reset_index(drop=True)
+    default = is_default(df)
+    variants, df = df, df.loc[default].reset_index(drop=True)
+    counts["variants"] = int((~default).sum())
+    if counts["variants"]:
+        notes.append(f"{counts['variants']} result(s) of other probes, taps or label fractions: in the tap, "
+                     f"fraction and probe analyses only")
     if counts["failed"]:
         only_failed = sorted(failed_pairs - set(zip(df["encoder"], df["task"], strict=True)))
         notes.append(f"{counts['failed']} failed record(s) skipped"
@@ -137,7 +182,7 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
     unknown = df.loc[df["category"].isna(), "task"].unique()
     if len(unknown):
         notes.append(f"unknown category for task(s) {', '.join(sorted(unknown))}: left out of per-category views")
-    return LoadedResults(df, counts, notes)
+    return LoadedResults(df, counts, notes, variants)
 
 
 def _category_rank(category: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -128,4 +129,61 @@ def plot_anova(outcome: Outcome, opts: ReportOptions):
     ax.axvline(-np.log10(0.05), color="black", linestyle="--", linewidth=0.8, label="p = 0.05")
     ax.set_xlabel("-log10 p (type-2 ANOVA on the normalised score)")
     ax.legend(fontsize="small")
+    return fig
+
+
+def _panels(tasks: list[str], width: float = 4.2, height: float = 3.6):
+    cols = min(3, max(1, len(tasks)))
+    rows = math.ceil(len(tasks) / cols)
+    fig = _figure(width * cols + 1.5, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(tasks):]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _curve_label(encoder: str, probe: str, probes: int) -> str:
+    return encoder if probes == 1 else f"{encoder} ({probe})"
+
+
+def plot_tap_curve(outcome: Outcome, opts: ReportOptions):
+    """One panel per task: the score at each tap (by depth), one line per encoder (and probe)."""
+    t = outcome.tables["taps"]
+    tasks = list(dict.fromkeys(t["task"]))
+    fig, axes = _panels(tasks)
+    n_probes = t["probe"].nunique()
+    colors = _colors(t["encoder"] + "|" + t["probe"])
+    for ax, task in zip(axes, tasks, strict=False):
+        sel = t[t["task"] == task]
+        order = sel.sort_values(["tap_index", "tap"]).drop_duplicates("tap")["tap"].tolist()
+        x = {tap: i for i, tap in enumerate(order)}
+        for (enc, probe), grp in sel.groupby(["encoder", "probe"], sort=True):
+            ax.plot([x[v] for v in grp["tap"]], grp["score"], marker="o", color=colors[f"{enc}|{probe}"],
+                    label=_curve_label(enc, probe, n_probes))
+        ax.set_xticks(range(len(order)), order, rotation=30, fontsize="small")
+        ax.set_title(task, fontsize="small")
+        ax.set_xlabel("tap (shallow to deep)")
+        ax.set_ylabel("score")
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def plot_fraction_curve(outcome: Outcome, opts: ReportOptions):
+    """One panel per task: the score against the fraction of the train split used (log scale)."""
+    t = outcome.tables["fractions"]
+    tasks = list(dict.fromkeys(t["task"]))
+    fig, axes = _panels(tasks)
+    n_probes = t["probe"].nunique()
+    colors = _colors(t["encoder"] + "|" + t["probe"])
+    for ax, task in zip(axes, tasks, strict=False):
+        sel = t[t["task"] == task]
+        for (enc, probe), grp in sel.groupby(["encoder", "probe"], sort=True):
+            grp = grp.sort_values("fraction")
+            ax.plot(grp["fraction"], grp["score"], marker="o", color=colors[f"{enc}|{probe}"],
+                    label=_curve_label(enc, probe, n_probes))
+        ax.set_xscale("log")
+        ax.set_title(task, fontsize="small")
+        ax.set_xlabel("fraction of the train split (labels) used")
+        ax.set_ylabel("score")
+        ax.legend(fontsize="x-small")
     return fig
