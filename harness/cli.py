@@ -193,6 +193,17 @@ def encoders_fetch(
             typer.echo(f"{n}: {p}")
 
 
+def _variant_tag(r: dict) -> str:
+    """' [knn, block3, 10% of train]' for a record of another probe, tap or label fraction; '' for the default."""
+    parts = [r["probe"]] if r.get("probe", "head") != "head" else []
+    if r.get("tap") not in (None, "embedding"):
+        parts.append(r["tap"])
+    sub = r.get("subset") or {}
+    if sub:
+        parts.append(f"{sub['train']['n']} train ({sub['fraction']:.1%})")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def _print_results(records: list[dict]) -> None:
     """The result table: one row per encoder x task (failed tasks with their error)."""
     table = _table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
@@ -204,8 +215,10 @@ def _print_results(records: list[dict]) -> None:
         c = r["cache"]
         chance = f"{r['chance']:.3f}" if r.get("chance") is not None else "-"
         cache = "existing record" if r.get("skipped") else f"{c.get('hits', 0)} hit / {c.get('misses', 0)} miss"
-        table.add_row(r["encoder"], r["task"], r["metric"], f"{r['test']:.4f}{std}", f"{r['val']:.4f}", chance,
-                      f"{r['config'].get('label', '')} ({r['epoch']})", f"{r['timings'].get('total_s', 0):.1f}s", cache)
+        epoch = f" ({r['epoch']})" if r.get("epoch") is not None else ""
+        table.add_row(r["encoder"], r["task"] + _variant_tag(r), r["metric"], f"{r['test']:.4f}{std}",
+                      f"{r['val']:.4f}", chance, f"{r['config'].get('label', '')}{epoch}",
+                      f"{r['timings'].get('total_s', 0):.1f}s", cache)
     _print_table(table)
     if any(r.get("skipped") for r in records):
         typer.echo("'existing record': a record with the same settings was found and kept; --force redoes it.")

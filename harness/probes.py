@@ -119,7 +119,7 @@ def check_applies(task: TaskSpec, probe: str, tap: str | None) -> None:
     if probe != "head" and (task.output != "image" or not task.is_classification):
         raise HarnessError(f"task {task.name}: --probe {probe} applies to image-level classification tasks "
                            f"(this one is {task.output}-level with loss {task.loss}); run it with --probe head")
-    if tap not in (None, DEFAULT_TAP) and probe == "head" and task.head not in ("linear", "fusion"):
+    if tap is not None and probe == "head" and task.head not in ("linear", "fusion"):
         raise HarnessError(f"task {task.name}: --tap probes the linear or fusion head on a pooled tap; this task's "
                            f"{task.head} head reads its own taps (drop --tap)")
 

@@ -18,10 +18,12 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import Subset
 
 from encoders.base import FrozenEncoder
@@ -114,7 +116,7 @@ class Selection:
     val_how: str
     carve_id: str | None
     train_s: float
-    build: object = None  # () -> the head, untrained (the chosen states load into it)
+    build: Callable[[], nn.Module] | None = None  # the head, untrained (the chosen states load into it)
     score: probes.Scorer | None = None  # kNN / logreg: (chosen, test source) -> (scores, parameters)
     fields: dict = field(default_factory=dict)  # record fields: probe, tap, tap_index, pool, subset
     notes: list[str] = field(default_factory=list)

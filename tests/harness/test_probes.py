@@ -208,3 +208,42 @@ def test_probes_that_do_not_apply_fail_with_one_line():
         requested_taps(enc, "block9")
     assert requested_taps(enc, None) == [None] and requested_taps(enc, "all")[-1] == "embedding"
     assert "block4_os16" not in requested_taps(enc, "all")  # derived taps are not blocks
+
+
+def test_eval_options_parse_check_and_key(tmp_path):
+    """The options on `harness eval` (and so on `sweep`): parsed by eval's parser, bad values are usage
+    errors, and only non-default probes, taps and fractions enter the run key (default record files stay)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from encoders import create_encoder
+    from harness.cli import _eval_params
+    from harness.runner import eval_options, record_path, run_key
+    from harness.sweep import SweepOptions, plan
+
+    def parse(*args):
+        return eval_options({**_eval_params(list(args)), "task": ["synth_count"]})
+
+    opts = parse("--probe", "knn", "--knn-k", "5", "--knn-k", "10", "--tap", "all", "--train-fraction", "0.1")
+    assert (opts.probe, opts.knn_k, opts.knn_t, opts.tap, opts.train_fraction) == ("knn", (5, 10), (0.07,), "all", 0.1)
+    for bad in (["--probe", "svm"], ["--train-fraction", "0.1", "--shots", "3"], ["--knn-t", "0"],
+                ["--train-fraction", "2"], ["--logreg-c", "-1"]):
+        with pytest.raises(UsageError):
+            parse(*bad)
+    enc = create_encoder("resnet18")
+    default = parse()
+    task = get_task("synth_count")
+    assert not {"probe", "tap", "subset", "knn_k"} & set(run_key(enc, task, default))
+    assert run_key(enc, task, opts, "block2")["tap"] == "block2" and run_key(enc, task, opts, "embedding").get(
+        "tap") is None
+    # a sweep with --tap all knows a job by its first tap's record
+    params = _eval_params(["--tap", "all", "--probe", "knn"])
+    (job,) = plan(SweepOptions(encoders=["resnet18"], tasks=["synth_count"], eval_args=["--tap", "all"],
+                               eval_params=params, out=tmp_path))
+    base = eval_options({**params, "encoder": "resnet18", "task": ["synth_count"], "out": tmp_path})
+    assert job.record == record_path(enc, task, dataclasses.replace(base, seeds=1), "conv")
+    out = subprocess.run([sys.executable, "-m", "harness", "eval", "-e", "resnet18", "-t", "synth_count", "--shots",
+                          "5", "--train-size", "100", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: give one of --train-fraction, --shots and --train-size"]
