@@ -103,6 +103,7 @@ def arrays(src):
 
 
 def test_knn_eval_matches_a_numpy_knn_on_the_same_features(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # its own feature cache, cold
     seen = capture_sources(monkeypatch)
     (rec,) = run_eval(EvalOptions(encoder="resnet18", tasks=[toy.toy_task()], out=tmp_path, device="cpu",
                                   probe="knn", knn_k=(1, 7), knn_t=(0.07,), seeds=2))
@@ -117,6 +118,7 @@ def test_knn_eval_matches_a_numpy_knn_on_the_same_features(tmp_path, monkeypatch
 
 
 def test_logreg_eval_matches_scikit_learn_on_the_same_features_and_c(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # its own feature cache, cold
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -171,6 +173,7 @@ def test_pooled_taps_are_adaptive_average_pools_of_the_raw_ones():
 
 
 def test_tap_all_gives_one_record_per_tap_from_one_encode(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # its own feature cache, cold
     calls = []
     real = features.encode_batches
     monkeypatch.setattr(features, "encode_batches", lambda *a, **k: calls.append(a[2]) or real(*a, **k))

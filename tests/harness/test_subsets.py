@@ -64,6 +64,7 @@ def test_bad_options_are_usage_errors(args):
 
 
 def test_a_tenth_of_train_from_a_warm_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # its own feature cache, cold
     """--train-fraction 0.1 after a full run: no split encoded again, 10% of each class trained on, recorded."""
     task = toy.toy_task()
     base = dict(encoder="resnet18", tasks=[task], out=tmp_path, device="cpu", grid="single", epochs=1)
