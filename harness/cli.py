@@ -236,6 +236,9 @@ def eval_cmd(
     aug_copies: Annotated[Optional[int], typer.Option("--aug-copies", min=1,
                                                       help="augmented train copies to encode")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 for encoding")] = "auto",
+    head_precision: Annotated[str, typer.Option("--head-precision", help="auto | fp32 | bf16 | fp16 for head "
+                                                "training (auto: bf16 on GPUs, and on CPUs with native bf16 for "
+                                                "the dense heads; fp32 otherwise)")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the feature cache")] = False,
     ram_budget_gb: Annotated[float, typer.Option("--ram-budget-gb", help="features kept in memory")] = 8.0,
     disk_budget_gb: Annotated[float, typer.Option("--disk-budget-gb",

@@ -66,6 +66,7 @@ class EvalRecord:
     run_key: dict[str, Any] = field(default_factory=dict)
     train_size: int | None = None  # the paper's train size for the task (its own n is in ``n``)
     trained_on: str = ""  # the task whose head was trained and selected (differs for test-only tasks)
+    head_precision: str = "fp32"  # what the head trained and was tested in (autocast; weights fp32)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     record_version: int = RECORD_VERSION
 

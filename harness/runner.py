@@ -40,7 +40,7 @@ from .common.taps import DILATED_TAP
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val
-from .train import FitResult, evaluate, fit
+from .train import FitResult, evaluate, fit, resolve_head_precision
 
 
 @dataclass
@@ -61,6 +61,7 @@ class EvalOptions:
     aug_copies: int | None = None  # override the task's number of augmented train copies
     num_workers: int | None = None  # None: the machine's cores for datasets that decode files, else 0
     precision: str = "auto"
+    head_precision: str = "auto"  # head training: auto | fp32 | bf16 | fp16 (harness.train.resolve_head_precision)
     use_cache: bool = True
     ram_budget_gb: float = 8.0
     disk_budget_gb: float = 20.0
@@ -93,6 +94,7 @@ class Selection:
     """What training chose, per seed, and how val was made."""
 
     per_seed: list[tuple[int, FitResult, list[FitResult]]]
+    precision: str  # what the head trained (and is tested) in
     n_train: int
     n_val: int
     val_how: str
@@ -107,8 +109,9 @@ def eval_options(params: dict, debug: bool = False) -> EvalOptions:
 
     if params["grid"] not in ("full", "single"):
         raise UsageError(f"--grid {params['grid']!r}: use 'full' or 'single'")
-    if params["precision"] not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision {params['precision']!r}: use auto, fp32, bf16 or fp16")
+    for opt in ("precision", "head_precision"):
+        if params.get(opt, "auto") not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"--{opt.replace('_', '-')} {params[opt]!r}: use auto, fp32, bf16 or fp16")
     p = dict(params)
     p.pop("json_out", None)
     p["tasks"] = resolve_tasks(p.pop("task"))
@@ -123,6 +126,7 @@ def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions) -> dict:
     key = {"encoder": encoder.fingerprint(), "task": task.name, "epochs": opts.epochs or source.epochs,
            "limit": opts.limit, "resolution": opts.resolution, "seed": opts.seed, "seeds": opts.seeds,
            "grid": opts.grid, "batch_size": opts.batch_size, "aug_copies": opts.aug_copies,
+           "head_precision": opts.head_precision,
            "data_root": str(opts.data_root) if opts.data_root else None, "record_version": RECORD_VERSION}
     if task.head_from:
         key["head_from"] = task.head_from
@@ -223,9 +227,11 @@ def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheSta
 
 # ------------------------------------------------------------------------------- 3. train and select
 
-def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.device) -> list:
+def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.device,
+                     head_precision: str = "auto") -> tuple[list, str]:
     task = plan.task
     per_seed = []
+    precision = resolve_head_precision(head_precision, device, plan.head.build(encoder.taps, task))
     total = len(plan.seeds) * len(plan.grid) * plan.epochs
     with TrainProgress(f"train {task.name}", total, task.metric) as bar:
         for s in plan.seeds:
@@ -240,13 +246,13 @@ def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.
                     bar.epoch(label, epoch, plan.epochs, loss, val)
 
                 results.append(fit(head, train_src, val_src, task, cfg, plan.epochs, device, s, plan.batch_size,
-                                   on_epoch=hook))
+                                   on_epoch=hook, precision=precision))
             best = max(results, key=lambda r: r.best_val)  # ties: the earlier (default-first) configuration
             per_seed.append((s, best, results))
     first = per_seed[0][1]
     log(f"train {task.name}: chose {first.config.label}, epoch {first.best_epoch}, val {task.metric} "
-        f"{first.best_val:.4f}")
-    return per_seed
+        f"{first.best_val:.4f} (head in {precision})")
+    return per_seed, precision
 
 
 # ------------------------------------------------------------------------------------------ 4. test
@@ -264,7 +270,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
         head = plan.head.build(encoder.taps, task)
         head.load_state_dict(best.state)
         head.to(device)
-        scores = evaluate(head, test_src, task, device)
+        scores = evaluate(head, test_src, task, device, precision=sel.precision)
         seed_rows.append({"seed": s, "test": float(scores[task.metric]), "val": float(best.best_val),
                           "config": best.config.label, "epoch": best.best_epoch, "test_scores": scores})
     first_best, first_results = sel.per_seed[0][1], sel.per_seed[0][2]
@@ -291,7 +297,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
         grid=[{"config": r.config.label, "best_val": r.best_val, "best_epoch": r.best_epoch,
                "history": r.history, "lrs": r.lrs} for r in first_results],
         chance=target.chance, device=str(device), notes=notes,
-        train_size=task.train_size, trained_on=task.name,
+        train_size=task.train_size, trained_on=task.name, head_precision=sel.precision,
     )
     if len(sel.per_seed) > 1:
         record.secondary.update({"seeds": seed_rows, "test_std": statistics.stdev(tests),
@@ -308,8 +314,8 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
     stats = CacheStats()
     train_src, val_src, (n_train, n_val, val_how, carve_id) = encode_train_val(encoder, plan, opts, stats)
     t_train = time.perf_counter()
-    per_seed = train_and_select(encoder, plan, train_src, val_src, device)
-    sel = Selection(per_seed, n_train, n_val, val_how, carve_id, time.perf_counter() - t_train)
+    per_seed, precision = train_and_select(encoder, plan, train_src, val_src, device, opts.head_precision)
+    sel = Selection(per_seed, precision, n_train, n_val, val_how, carve_id, time.perf_counter() - t_train)
     return [test_target(encoder, plan, target, sel, opts, stats, device, t0) for target in targets]
 
 
