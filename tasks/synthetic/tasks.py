@@ -79,10 +79,11 @@ def synthetic_builder(kind: str, image_field: str, target_field: str, target_off
                       sizes: dict[str, int] | None = None):
     """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU)."""
 
-    split_sizes = {**DEFAULT_SIZES[kind], **(sizes or {})}
+    def split_sizes() -> dict[str, int]:  # read when called: the suite's sizes are module settings
+        return {**DEFAULT_SIZES[kind], **(sizes or {})}
 
     def build(task: TaskSpec, req: DataRequest) -> SyntheticDataset:
-        n = split_sizes[req.split]
+        n = split_sizes()[req.split]
         if req.limit is not None and req.split == "train":
             n = min(n, req.limit)
         size = req.resolution or task.default_resolution
@@ -98,7 +99,7 @@ def _synthetic(**kw) -> TaskSpec:
         "suite": "synth", "default_resolution": DEFAULT_RESOLUTION, "splits": SplitSpec("train", "val", "test"),
         "optim": OptimConfig("adam", 3e-4), "batch_size": 64,
     }
-    kw.setdefault("extra", {"split_sizes": dict(kw["dataset"].split_sizes)})
+    kw.setdefault("extra", {"split_sizes": kw["dataset"].split_sizes})
     return register_task(TaskSpec(**{**defaults, **kw}))
 
 
