@@ -9,7 +9,7 @@ import pytest
 from tasks.datasets.imagenet import WNIDS
 
 from .fixtures_a import write_imagenet, write_imagenetv2
-from .util import data_check, eval_record, harness
+from .util import data_check, harness
 
 # 3 of the 1000 classes: their indices come from the full sorted WNID list, not from the folders.
 A, B, C = "n01440764", "n02102040", "n15075141"  # indices 0, 217, 999
@@ -128,17 +128,13 @@ def test_one_head_two_test_sets(tmp_path):
     assert recs[0]["test"] == pytest.approx(v2["test"])  # the same seeded training, the same head
 
 
-def test_without_v2_data_imagenet_gives_one_record(tmp_path):
+def test_without_v2_data_one_record_and_features_over_the_ram_budget_stream_from_disk(tmp_path):
     write_imagenet(tmp_path, TRAIN, val=VAL)
-    rec = eval_record("imagenet_cls", tmp_path, tmp_path / "out")
-    assert rec["task"] == "imagenet_cls" and rec["status"] == "ok" and rec["n"]["test"] == 5
-
-
-def test_features_over_the_ram_budget_stream_from_disk(tmp_path):
-    write_imagenet(tmp_path, TRAIN, val=VAL)
-    rec = eval_record("imagenet_cls", tmp_path, tmp_path / "out", "--ram-budget-gb", "0.000001",
-                      cache=tmp_path / "cache")
-    assert rec["status"] == "ok"
+    recs, _ = _run("--task", "imagenet_cls", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"),
+                   "--ram-budget-gb", "0.000001")
+    assert [r["task"] for r in recs] == ["imagenet_cls"]  # no ImageNetV2 folder: no v2 record
+    rec = recs[0]
+    assert rec["status"] == "ok" and rec["n"]["test"] == 5
     streamed = [n for n in rec["notes"] if "streamed from the disk cache" in n]
     assert {n.split(":")[0] for n in streamed} == {"train", "val", "test"}, rec["notes"]
 
