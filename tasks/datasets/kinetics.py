@@ -4,23 +4,23 @@ Kinetics-400 annotation format and the frames extracted from each clip, as the p
 
 ``annotations/{train,validate}.json`` maps each YouTube id to ``{"annotations": {"label": ...,
 "segment": [start, end]}, "duration": ..., "subset": ..., "url": ...}``. The frames of clip ``<id>``
-are ``{train,validate}/<id[:2]>/<id>_<k>.jpg``, ``k`` = 1, 2, ... in temporal order. The frames are
-ordered by the NUMBER ``k`` (``_2`` before ``_10``), never by file name; the reference took the
-first 6 files the file system listed and sorted their names as strings, which mixes the order as
-soon as a clip has 10 frames or more.
+are ``{train,validate}/<id[:2]>/<id>_<k>.jpg``, ``k`` = 1, 2, ... (or 0, 1, ...) in temporal order.
+The frames are ordered by the NUMBER ``k`` (``_2`` before ``_10``), never by file name; the
+reference took the first 6 files the file system listed and sorted their names as strings, which
+mixes the order as soon as a clip has 10 frames or more.
 
 Which 6: the paper's release has 6 frames per clip ("50,000 image frames ... at 6 frames per
 video"). When a clip has more (e.g. 12), 6 are taken evenly spaced over its frames, the middle of
 each sixth: positions floor((2j + 1) n / 12), j = 0..5 (for 12 frames: k = 2, 4, 6, 8, 10, 12; for 6:
 all of them), a constant frame rate as the paper used for Kinetics pre-training.
 
-A clip with frames but fewer than 6, or with a gap in its numbering (a deleted frame), is a problem
-naming the clip or the missing file; frames on disk whose clip is not in the annotation file are a
-problem too. A clip in the annotation file with no frames at all was not downloaded or extracted
-(YouTube videos disappear; the reference skipped those too): it is left out, and ``data check``
-says how many. The 400 classes are the release's class list (below, sorted as the reference
-sorted them); a label outside it is a problem naming the clip (case and ``_`` vs space are not
-significant).
+A clip with frames but fewer than 6, or with a gap in its numbering (a deleted frame), is a
+problem naming the missing file (a deleted last frame cannot be told from a shorter clip); frames
+on disk whose clip is not in the annotation file are a problem too. A clip in the annotation file
+with no frames at all was not downloaded or extracted (YouTube videos disappear; the reference
+skipped those too): it is left out, and ``data check`` says how many. The 400 classes are the
+release's class list (below, sorted as the reference sorted them); a label outside it is a
+problem naming the clip (case and ``_`` vs space are not significant).
 
 Splits: train (the paper: 50,000 frames, about 8,333 clips) and the official validate split as the
 test split; 10% of train is carved (stratified) for validation.
@@ -220,15 +220,14 @@ def build(task: TaskSpec, req: DataRequest) -> KineticsSplit:
             label = ann.get("label") if isinstance(ann, dict) else None
             problems.add(f"{ann_path}: {clip}", f"label {label!r} is not one of the 400 Kinetics-400 classes")
             continue
-        gaps = sorted(set(range(ks[0], ks[-1] + 1)) - set(ks))
-        if ks[0] != 1:
-            gaps = list(range(1, ks[0])) + gaps
+        first = 0 if ks[0] == 0 else 1  # numbered from 1 (or from 0)
+        gaps = sorted(set(range(first, ks[-1] + 1)) - set(ks))
         if gaps:
-            problems.add(folder / f"{clip}_{gaps[0]}.jpg", f"missing: clip {clip} has frames "
-                         f"{ks[0]}..{ks[-1]} with {len(gaps)} missing (frames are numbered from 1)")
+            problems.add(folder / f"{clip}_{gaps[0]}.jpg", f"missing: clip {clip} has frames {ks[0]}..{ks[-1]} "
+                         f"with {len(gaps)} missing")
             continue
         if len(ks) < FRAMES:
-            problems.add(folder / f"{clip}_{len(ks) + 1}.jpg", f"missing: clip {clip} has {len(ks)} frames, "
+            problems.add(folder / f"{clip}_{ks[-1] + 1}.jpg", f"missing: clip {clip} has {len(ks)} frames, "
                          f"{FRAMES} are needed")
             continue
         picked = tuple(folder / f"{clip}_{ks[p]}.jpg" for p in pick_frames(len(ks)))

@@ -102,6 +102,7 @@ def test_too_few_frames_unknown_labels_and_frames_without_a_clip_are_problems(tm
     folder = tmp_path / "kinetics400" / "validate"
     for k in (5, 6):  # 4 frames left: fewer than 6
         (folder / "k9" / f"k91Kx_001_{k}.jpg").unlink()
+    (folder / "ab" / "ab0Kx_000_1.jpg").unlink()  # the first frame: frames 2..6 are not a clip's start
     ann_path = tmp_path / "kinetics400" / "annotations" / "validate.json"
     ann = json.loads(ann_path.read_text())
     ann["ab2Kx_002"]["annotations"]["label"] = "juggling chainsaws"
@@ -109,8 +110,9 @@ def test_too_few_frames_unknown_labels_and_frames_without_a_clip_are_problems(tm
     write_grey(folder / "zz" / "zz_stray_1.jpg", np.zeros((8, 8), np.uint8))
     task = get_task("kinetics_action")
     ds = task.dataset(task, DataRequest("validate", tmp_path, 8, None, train=False, strict=False))
-    assert len(ds) == len(CLIPS["validate"]) - 2
-    assert len(ds.problems) == 3, ds.problems
+    assert len(ds) == len(CLIPS["validate"]) - 3
+    assert len(ds.problems) == 4, ds.problems
+    assert any(p.startswith(str(folder / "ab" / "ab0Kx_000_1.jpg") + ": missing") for p in ds.problems)
     assert any(p.startswith(str(folder / "k9" / "k91Kx_001_5.jpg")) and "has 4 frames, 6 are needed" in p
                for p in ds.problems)
     assert any("ab2Kx_002" in p and "'juggling chainsaws' is not one of the 400" in p for p in ds.problems)
