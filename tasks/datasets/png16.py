@@ -6,10 +6,14 @@ with ``ImageReadMode.UNCHANGED`` returns the samples as uint16 (torchvision >= 0
 RGB alike, so both KITTI flow and Taskonomy depth are read through it here. A file that is an
 8-bit PNG where 16 bits are expected is refused with a line naming it: dividing 8-bit values by
 the 16-bit scales would give silently wrong metres or pixels.
+
+torchvision 0.29 marks its image codecs deprecated in favour of torchcodec (not installed
+here); when they go, this one function is what moves.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,9 @@ def read_png16(path: Path | str, channels: int | None = None) -> np.ndarray:
     path = Path(path)
     try:
         data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        img = decode_png(data, ImageReadMode.UNCHANGED)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs for torchcodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode_png(data, ImageReadMode.UNCHANGED)
     except FileNotFoundError:
         raise HarnessError(f"{path}: file not found") from None
     except (RuntimeError, ValueError) as exc:
