@@ -63,7 +63,7 @@ LAYOUT = DataLayout(
 or the reference's export (nyu.zip of the ViRB README):
   train/images/<stem>.png     train/depths/<stem>.tiff (float, m)     train/walkable/<stem>.png (non-zero = walkable)
   test/images/<stem>.png      test/depths/<stem>.tiff                 test/walkable/<stem>.png""",
-    url="https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html (Labeled dataset, nyu_depth_v2_labeled.mat)",
+    url="https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html (Labeled dataset, nyu_depth_v2_labeled.mat)",
     counts={"train": 1_159, "test": 290},
     notes=f"from the .mat: seeded 80/20 split (seed {SPLIT_SEED}); 10% of train carved for val",
 )
