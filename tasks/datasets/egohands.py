@@ -10,8 +10,8 @@ a problem naming its ``polygons.mat``, not a silent shift.
 
 Masks: the polygons are rasterised once into 5-class maps (0 background, 1 my left, 2 my
 right, 3 your left, 4 your right) and stored in the harness cache,
-``<cache>/egohands/<VIDEO>_<sha256 of polygons.mat>.npz``, one compressed array per frame,
-written atomically. A changed ``polygons.mat`` has another hash, so its masks are rebuilt
+``<cache>/egohands/<VIDEO>_<sha256 of polygons.mat>_<H>x<W>_v<version>.npz``, one compressed
+array per frame, written atomically. A changed ``polygons.mat`` has another hash, so its masks are rebuilt
 (and the stale file removed); the user's folder is never written. Where two hands' polygons
 overlap, the camera wearer's hands win: they are nearer the camera, so they occlude the
 partner's (draw order your left, your right, my left, my right; the later one is kept).
@@ -20,9 +20,11 @@ Split: the "Main Split" of the EgoHands paper (Bambach et al., ICCV 2015), which
 release's ``getMetaBy.m`` encodes as a 0/1 index over the videos of ``metadata.mat``: 36
 train, 4 validation and 8 test videos (3,600 / 400 / 800 frames), balanced over actors,
 activities and locations, and never splitting a video. The index is applied here to the 48
-video names in sorted order (the order of ``metadata.mat``, a MATLAB ``dir`` listing); the
-resulting names are listed below. The paper's 4,800 is the size of the whole release (the
-reference split sorted frames 90/10, which cut one video in two).
+video names in sorted order, taken to be the order of ``metadata.mat`` (not read here); that
+reading gives every activity 2 test and 1 validation video and every camera wearer 2 test
+videos, the balance the paper describes. The resulting names are listed below. The paper's
+4,800 is the size of the whole release (the reference split sorted frames 90/10, which cut
+one video in two).
 
 Training uses random 513 x 513 crops, as the paper; no flip (a mirrored left hand looks like
 a right hand, but would keep its "left" label) and no random scale (neither paper nor
@@ -141,15 +143,14 @@ def mask_cache_dir() -> Path:
 
 def video_masks(video_dir: Path, frame_size: tuple[int, int]) -> Path:
     """The cached masks of one video, rasterised from its ``polygons.mat`` on the first read; keyed by
-    the file's sha256, so an edited file is rasterised again."""
+    the file's sha256 (an edited file is rasterised again), the frame size and ``CACHE_VERSION``."""
     source = video_dir / "polygons.mat"
     digest = file_sha256(source)
     folder = mask_cache_dir()
-    target = folder / f"{video_dir.name}_{digest}.npz"
+    target = folder / f"{video_dir.name}_{digest}_{frame_size[0]}x{frame_size[1]}_v{CACHE_VERSION}.npz"
     if target.is_file():
         return target
     masks = {f"m{k}": rasterise(hands, frame_size) for k, hands in enumerate(read_polygons(source))}
-    masks["version"] = np.array(CACHE_VERSION)
     with atomic_path(target, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **masks)

@@ -117,7 +117,7 @@ def test_masks_are_cached_reused_and_rebuilt_when_polygons_change(tmp_path, monk
         assert np.array_equal(ds[i]["target"].numpy(), want)
     (cached,) = (tmp_path / "cache" / "egohands").glob("CARDS_COURTYARD_B_T_*.npz")
     digest = egohands.file_sha256(samples / "CARDS_COURTYARD_B_T" / "polygons.mat")
-    assert cached.name == f"CARDS_COURTYARD_B_T_{digest}.npz"
+    assert cached.name == f"CARDS_COURTYARD_B_T_{digest}_{H}x{W}_v{egohands.CACHE_VERSION}.npz"
     calls = []
     monkeypatch.setattr(egohands, "rasterise", lambda *a: calls.append(a) or rasterise(*a))
     stamp = cached.stat().st_mtime_ns

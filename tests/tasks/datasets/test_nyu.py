@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tasks.datasets.base import DataMissing
+from tasks.datasets.check import check_task
 from tasks.datasets.nyu import NyuMat, split_indices
 from tasks.registry import get_task
 from tasks.spec import DataRequest
@@ -96,8 +97,8 @@ def test_data_check_reports_known_depth_and_walkable_share(tmp_path):
         lab = entry["labels"]
         assert lab["unit"] == "m" and lab["valid_fraction"] == pytest.approx(20 / 24)
         assert lab["mean"] == pytest.approx(3.25) and lab["min"] == 2.0 and lab["max"] == 4.5
-    rc, doc, err = data_check("nyu_walkable", tmp_path)
-    assert rc == 0, err
+    doc = check_task(get_task("nyu_walkable"), tmp_path)  # what `data check --json` prints, in process
+    assert doc["ok"], doc["problems"]
     for entry in doc["splits"].values():
         assert entry["labels"] == {"classes": 2, "fractions": pytest.approx(
             {"not walkable": 0.5, "walkable": 0.375, "ignore": 0.125})}
@@ -123,8 +124,8 @@ def test_eval_walkable_end_to_end(tmp_path):
 
 def test_reference_export_is_read_when_there_is_no_mat(tmp_path):
     write_nyu_export(tmp_path)
-    rc, doc, err = data_check("nyu_depth", tmp_path)
-    assert rc == 0, err
+    doc = check_task(get_task("nyu_depth"), tmp_path)
+    assert doc["ok"], doc["problems"]
     assert {s: e["n"] for s, e in doc["splits"].items()} == {"train": 3, "test": 2}
     assert doc["splits"]["test"]["labels"]["mean"] == pytest.approx(3.25)
     assert doc["splits"]["test"]["labels"]["valid_fraction"] == pytest.approx(20 / 24)
