@@ -257,12 +257,20 @@ def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.
 
 # ------------------------------------------------------------------------------------------ 4. test
 
+def list_test(target: TaskSpec, opts: EvalOptions):
+    """The test split's listing (files paired, nothing decoded or encoded): made before training so
+    that a missing test file fails in seconds, not after hours of training. Nothing of it is read
+    until every choice has been made on val."""
+    return target.dataset(target, _request(target, opts, target.splits.test, False))
+
+
 def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts: EvalOptions, stats: CacheStats,
-                device: torch.device, t0: float) -> EvalRecord:
-    """Build, encode and score ``target``'s test split with each seed's chosen head; the record."""
+                device: torch.device, t0: float, test_ds=None) -> EvalRecord:
+    """Encode and score ``target``'s test split with each seed's chosen head; the record."""
     task = plan.task
     eval_tf = target.eval_transform.label
-    test_ds = target.dataset(target, _request(target, opts, target.splits.test, False))
+    if test_ds is None:
+        test_ds = list_test(target, opts)
     test_src = _encode(encoder, test_ds, plan, _feature_key(encoder, plan, opts, target, "test", len(test_ds),
                                                             eval_tf), stats, f"encode {target.name}/test")
     seed_rows = []
@@ -312,11 +320,13 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
     t0 = time.perf_counter()
     plan = plan_task(encoder, task, opts, device)
     stats = CacheStats()
+    tests = [list_test(target, opts) for target in targets]
     train_src, val_src, (n_train, n_val, val_how, carve_id) = encode_train_val(encoder, plan, opts, stats)
     t_train = time.perf_counter()
     per_seed, precision = train_and_select(encoder, plan, train_src, val_src, device, opts.head_precision)
     sel = Selection(per_seed, precision, n_train, n_val, val_how, carve_id, time.perf_counter() - t_train)
-    return [test_target(encoder, plan, target, sel, opts, stats, device, t0) for target in targets]
+    return [test_target(encoder, plan, target, sel, opts, stats, device, t0, ds)
+            for target, ds in zip(targets, tests, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- driver
