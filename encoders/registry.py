@@ -172,6 +172,7 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
     for e in ENCODERS.values():
         cat = e.catalog
         row = {"name": e.name, "method": e.method, "data": e.data, "epochs": e.epochs, "arch": e.arch,
+               "corrupt": "none" if cat is not None and e.method != "none" else "-",  # pretrained on clean data
                "available": is_available(cat, weights_dir) if cat else True, "description": e.description}
         if cat is not None:
             row.update(size=cat.size, balanced=cat.balanced, format=cat.format, file=cat.filename, url=cat.url,
@@ -183,7 +184,8 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
             continue
         meta = _peek_meta(path)
         rows.append({"name": stem, "method": str(meta.get("method", "user")), "data": str(meta.get("data", "-")),
-                     "epochs": meta.get("epochs"), "arch": str(meta.get("arch", "?")), "available": True,
+                     "epochs": meta.get("epochs"), "arch": str(meta.get("arch", "?")),
+                     "corrupt": str(meta.get("corrupt", "none" if meta.get("method") else "-")), "available": True,
                      "description": "harness pretrain output / user checkpoint", "path": str(path)})
     return rows
 

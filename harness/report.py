@@ -28,8 +28,8 @@ DEFAULT_BASELINE = "supervised_in"
 IMAGENET_TASK = "imagenet_cls"
 CATEGORY_ORDER: tuple[str, ...] = ("semantic image-level", "structural image-level", "semantic pixelwise",
                                    "structural pixelwise")
-META_FIELDS: tuple[str, ...] = ("method", "data", "size", "epochs", "balanced")
-GROUP_FIELDS: tuple[str, ...] = ("method", "data", "epochs", "balanced")
+META_FIELDS: tuple[str, ...] = ("method", "data", "size", "epochs", "balanced", "corruption")
+GROUP_FIELDS: tuple[str, ...] = ("method", "data", "epochs", "balanced", "corruption")
 ANOVA_FACTORS: tuple[str, ...] = ("method", "balanced", "size", "epochs")
 NOT_SELF_SUPERVISED = frozenset({"supervised", "none"})  # methods that are not self-supervised pretraining
 MIN_ENCODERS_FOR_CORRELATION = 3
@@ -124,7 +124,7 @@ def encoder_metadata(name: str, info: dict | None = None) -> dict[str, Any]:
     entry = CATALOG.get(name) or CATALOG.get(str(info.get("name", "")))
     if entry is not None:
         return {"method": entry.method, "data": None if entry.data == "-" else entry.data, "size": entry.size,
-                "epochs": entry.epochs, "balanced": entry.balanced, "meta_source": "catalog"}
+                "epochs": entry.epochs, "balanced": entry.balanced, "corruption": "none", "meta_source": "catalog"}
     extra = info.get("extra") or {}
     meta = extra.get("meta") or {}
     spelled = {e.method.lower(): e.method for e in CATALOG.values()}  # mocov2 -> MoCov2, as the catalog writes it
@@ -139,6 +139,7 @@ def encoder_metadata(name: str, info: dict | None = None) -> dict[str, Any]:
         balanced = not str(meta["data"]).endswith(("-lin", "-log"))
     return {"method": method, "data": data, "size": _size_label(meta.get("images")) or meta.get("size"),
             "epochs": epochs if _finite(epochs) else None, "balanced": balanced,
+            "corruption": meta.get("corrupt", "none") if meta else None,  # harness pretrain --corrupt
             "meta_source": "checkpoint" if meta else ("encoder_info" if method or data else "none")}
 
 

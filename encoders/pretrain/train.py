@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,10 +36,12 @@ from harness.common.progress import progress
 from . import create_method, get_method
 from .augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugment
 from .base import Method, MethodConfig, OptimDefaults, apply_overrides
+from .corrupt import parse_corruption
 from .data import SYNTH, Manifest, ManifestImages, build_manifest, epoch_batches
 from .distributed import World, init_from_env, maybe_sync_bn
 from .knn import knn_accuracy
 from .lars import LARS
+from .presets import get_preset
 
 KILL_ENV = "HARNESS_PRETRAIN_KILL_AT_STEP"  # test hook: SIGKILL ourselves right after this global step
 
@@ -48,6 +50,8 @@ KILL_ENV = "HARNESS_PRETRAIN_KILL_AT_STEP"  # test hook: SIGKILL ourselves right
 class PretrainOptions:
     method: str
     data: list[str] = field(default_factory=lambda: [SYNTH])
+    preset: str | None = None  # presets.py: a bundle of the settings below; explicit ones win
+    corrupt: str | None = None  # corrupt.py: jpeg:Q, downsample:F, saltpepper:P, blur:S
     variant: str = "full"
     manifest: Path | None = None
     arch: str = "resnet18"
@@ -62,7 +66,7 @@ class PretrainOptions:
     name: str | None = None
     overrides: dict[str, str] = field(default_factory=dict)
     save_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
-    knn_every: int = 1  # epochs between kNN checks (0: never)
+    knn_every: int | None = None  # epochs between kNN checks (0: never; None: the preset's, else 1)
     knn_bank: int = 1000
     knn_queries: int = 250
     knn_k: int = 20
@@ -123,23 +127,41 @@ def knn_monitor(backbone: torch.nn.Module, data: dict[str, torch.Tensor], device
 
 
 def train_step(model: torch.nn.Module, method: Method, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               augment: MultiCropAugment, images: torch.Tensor, epoch: int, autocast, channels_last: bool) -> float:
-    """One optimisation step on a uint8 batch: augment, loss, backward, hooks, step. Returns the loss."""
+               augment: MultiCropAugment, images: torch.Tensor, epoch: int, autocast, channels_last: bool
+               ) -> tuple[float, dict[str, float]]:
+    """One optimisation step on a uint8 batch: augment, loss, backward, hooks, step. Returns the loss and the
+    method's diagnostics (embedding spread, positive / negative similarity, prototype movement)."""
     views = augment(images)
     if channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     with autocast:
-        loss, _ = model(views, epoch)
+        loss, logs = model(views, epoch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     method.on_after_backward(epoch)
     scaler.step(optimizer)
     scaler.update()
-    return loss.item()
+    return loss.item(), {k: float(v) for k, v in logs.items()}
 
 
 def _run_name(o: PretrainOptions, manifest: Manifest, epochs: int) -> str:
-    return o.name or f"{o.method}_{o.arch}_{manifest.describe()}_{len(manifest)}img_{epochs}ep_s{o.seed}"
+    corruption = parse_corruption(manifest.corrupt)
+    tag = f"_{corruption.tag}" if corruption else ""
+    return o.name or f"{o.method}_{o.arch}_{manifest.describe()}{tag}_{len(manifest)}img_{epochs}ep_s{o.seed}"
+
+
+def _apply_preset(o: PretrainOptions) -> PretrainOptions:
+    """Fill what the user left unset from the preset; ``--set`` settings win over the preset's."""
+    if not o.preset:
+        return replace(o, knn_every=1 if o.knn_every is None else o.knn_every)
+    p = get_preset(o.method, o.preset)
+
+    def pick(mine, theirs):
+        return theirs if mine is None else mine
+
+    return replace(o, epochs=pick(o.epochs, p.epochs), batch_size=pick(o.batch_size, p.batch_size),
+                   lr=pick(o.lr, p.lr), limit=pick(o.limit, p.limit), amp=pick(o.amp, p.amp),
+                   knn_every=pick(o.knn_every, pick(p.knn_every, 1)), overrides={**p.settings, **o.overrides})
 
 
 def _log(world: World, msg: str) -> None:
@@ -150,6 +172,7 @@ def _log(world: World, msg: str) -> None:
 
 def run_pretrain(o: PretrainOptions) -> dict:
     t0 = time.perf_counter()
+    o = _apply_preset(o)
     device = resolve_device(o.device)
     world = init_from_env(device)
     spec = get_method(o.method)
@@ -162,8 +185,15 @@ def run_pretrain(o: PretrainOptions) -> dict:
     resolution = o.resolution or (64 if o.data == [SYNTH] else 224)
 
     # ---- data: a manifest (built from the seed, or reused from a file) ----
-    manifest = Manifest.load(o.manifest) if o.manifest else build_manifest(o.data, o.variant, o.seed, o.limit,
-                                                                            resolution)
+    if o.manifest:
+        manifest = Manifest.load(o.manifest)
+        wanted = parse_corruption(o.corrupt)
+        if wanted and manifest.corrupt and str(wanted) != manifest.corrupt:
+            raise UsageError(f"--corrupt {wanted}: the manifest {o.manifest} was corrupted with {manifest.corrupt}")
+        if wanted and not manifest.corrupt:
+            manifest.corrupt, manifest.seed = str(wanted), o.seed
+    else:
+        manifest = build_manifest(o.data, o.variant, o.seed, o.limit, resolution, corrupt=o.corrupt)
     steps_per_epoch = len(manifest) // global_batch
     if steps_per_epoch == 0:
         raise UsageError(f"{len(manifest)} images give no full batch of {global_batch}; lower --batch-size")
@@ -194,13 +224,15 @@ def run_pretrain(o: PretrainOptions) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             method, device_ids=[torch.cuda.current_device()] if use_cuda else None, broadcast_buffers=False)
 
-    settings = {"method": o.method, "arch": o.arch, "epochs": epochs, "batch_size": global_batch, "lr": base_lr,
+    settings = {"method": o.method, "preset": o.preset, "corrupt": manifest.corrupt, "arch": o.arch,
+                "epochs": epochs, "batch_size": global_batch, "lr": base_lr,
                 "resolution": resolution, "seed": o.seed, "manifest_sha256": manifest.digest(),
                 "world_size": world.size, "config": asdict(cfg)}
     settings_json = json.dumps(settings, sort_keys=True, default=str)
 
     # ---- resume ----
     epoch, step_in_epoch, history, losses = 0, 0, [], []  # losses: this epoch's steps so far
+    step_logs: list[dict[str, float]] = []  # the method's diagnostics, this epoch's steps so far
     last = run_dir / "last.pt"
     if last.exists() and o.resume:
         state = torch.load(last, map_location="cpu", weights_only=True)
@@ -211,7 +243,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         epoch, step_in_epoch, history = state["epoch"], state["step_in_epoch"], state["history"]
-        losses = list(state["losses"])
+        losses, step_logs = list(state["losses"]), list(state.get("step_logs", []))
         _log(world, f"resuming {run_dir.name} at epoch {epoch} step {step_in_epoch}")
 
     def save_state() -> None:
@@ -219,7 +251,8 @@ def run_pretrain(o: PretrainOptions) -> dict:
             return
         state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "epoch": epoch,
-                 "step_in_epoch": step_in_epoch, "history": history, "losses": losses, "settings": settings_json}
+                 "step_in_epoch": step_in_epoch, "history": history, "losses": losses, "step_logs": step_logs,
+                 "settings": settings_json}
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
 
@@ -243,12 +276,13 @@ def run_pretrain(o: PretrainOptions) -> dict:
             torch.manual_seed((o.seed * 1_000_003 + global_step) * 131 + world.rank)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(global_step, total_steps, warmup, base_lr, cfg.optim)
-            loss = train_step(model, method, optimizer, scaler, augment, images.to(device, non_blocking=True),
-                              epoch, autocast, channels_last)
+            loss, logs = train_step(model, method, optimizer, scaler, augment,
+                                    images.to(device, non_blocking=True), epoch, autocast, channels_last)
             if not math.isfinite(loss):
                 raise HarnessError(f"loss became {loss} at step {global_step}; lower --lr")
             method.on_after_step((global_step + 1) / total_steps)
             losses.append(loss)
+            step_logs.append(logs)
             steps_done += 1
             step_in_epoch += 1
             if step_in_epoch == steps_per_epoch:
@@ -261,12 +295,17 @@ def run_pretrain(o: PretrainOptions) -> dict:
         entry = {"epoch": epoch, "loss": sum(losses) / max(1, len(losses)),
                  "seconds": round(time.perf_counter() - t_epoch, 2),
                  "images_per_s": round(steps_done * global_batch / max(1e-9, time.perf_counter() - t_epoch), 1)}
+        for key in sorted({k for lg in step_logs for k in lg}):
+            values = [lg[key] for lg in step_logs if key in lg]
+            entry[key] = round(sum(values) / len(values), 6)
         if knn_data is not None and (epoch % o.knn_every == 0 or epoch == epochs):
             entry["knn"] = knn_monitor(method.backbone, knn_data, device, o.knn_k)
         history.append(entry)
-        losses = []
+        losses, step_logs = [], []
+        diag = "".join(f", {k} {entry[k]:.4g}" for k in ("z_std", "pos", "neg", "proto_step", "codes_used")
+                       if k in entry)
         _log(world, f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}"
-                    + (f", knn {entry['knn']:.4f}" if "knn" in entry else "") + f" [{entry['seconds']:.1f}s]")
+                    + (f", knn {entry['knn']:.4f}" if "knn" in entry else "") + diag + f" [{entry['seconds']:.1f}s]")
         save_state()
 
     # ---- output: a harness checkpoint the eval and cka commands accept ----
@@ -276,14 +315,16 @@ def run_pretrain(o: PretrainOptions) -> dict:
     if world.is_main:
         meta = {"method": o.method, "arch": o.arch, "data": manifest.describe(), "manifest_hash": manifest.digest(),
                 "epochs": epochs, "images": len(manifest), "resolution": resolution, "batch_size": global_batch,
-                "lr": base_lr, "seed": o.seed, "knn": knn_final, "name": name}
+                "lr": base_lr, "seed": o.seed, "knn": knn_final, "name": name, "preset": o.preset,
+                "corrupt": manifest.corrupt or "none"}
         save_harness_checkpoint(ckpt, o.arch, method.backbone.state_dict(), meta)
         user = user_encoders_dir() / f"{name}.pt"
         with atomic_path(user) as tmp:
             shutil.copyfile(ckpt, tmp)
     if world.size > 1:
         torch.distributed.barrier()
-    return {"checkpoint": str(ckpt), "method": o.method, "arch": o.arch, "epochs": epochs, "images": len(manifest),
+    return {"checkpoint": str(ckpt), "method": o.method, "preset": o.preset, "corrupt": manifest.corrupt or "none",
+            "arch": o.arch, "epochs": epochs, "images": len(manifest), "batch_size": global_batch, "lr": base_lr,
             "data": manifest.describe(), "manifest_hash": manifest.digest(), "run_dir": str(run_dir),
             "world_size": world.size, "knn": [h for h in history if "knn" in h], "history": history,
             "timings": {"total_s": round(time.perf_counter() - t0, 2)}}
