@@ -16,7 +16,7 @@ from encoders.pretrain.train import PretrainOptions, _apply_preset, run_pretrain
 from harness.common.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"limit": 32, "batch_size": 16, "epochs": 1, "resolution": 32, "knn_every": 0}
+TINY = {"limit": 64, "batch_size": 32, "epochs": 1, "resolution": 32, "knn_every": 0}
 
 
 def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
@@ -24,7 +24,7 @@ def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
     torch.set_num_threads(2)
     for method in METHODS:
         res = run_pretrain(PretrainOptions(method=method, preset="small", out=tmp_path, device="cpu", **TINY))
-        assert res["preset"] == "small" and res["batch_size"] == 16 and res["images"] == 32
+        assert res["preset"] == "small" and res["batch_size"] == 32 and res["images"] == 64
         steps = [h for h in res["history"] if "loss" in h]
         assert len(steps) == 1 and torch.isfinite(torch.tensor(steps[0]["loss"]))
         assert 0 <= steps[0]["z_std"] <= 1  # the collapse diagnostic is logged for every method
