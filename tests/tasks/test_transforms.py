@@ -171,3 +171,29 @@ def test_scale_stays_in_its_range_and_frames_share_one_geometry():
         alone = apply_transform({"image": frames[1], "target": torch.tensor(2)}, spec, "label", s)
         assert torch.equal(out["image"][1], alone["image"])
     assert min(scales) >= 0.5 and max(scales) <= 1.5 and max(scales) - min(scales) > 0.5
+
+
+def test_synthetic_tasks_apply_a_random_train_transform_when_one_is_declared():
+    """The synthetic suite declares none (its records stay as they are); a task that does gets
+    crops that differ from copy to copy, and its evaluation splits stay whole."""
+    from dataclasses import replace
+
+    from tasks import get_task
+    from tasks.spec import DataRequest
+
+    task = replace(get_task("synth_depth"), train_transform=TransformSpec(crop=(24, 24), hflip=True))
+    assert not get_task("synth_depth").train_transform.random
+
+    def build(train: bool, copy: int):
+        return task.dataset(task, DataRequest("train", None, 32, 4, train, copy, 0))
+
+    a, b, c, whole = build(True, 0), build(True, 0), build(True, 1), build(False, 0)
+    assert a[0]["image"].shape == (3, 24, 24) and a[0]["valid"].shape == (24, 24)
+    assert whole[0]["image"].shape == (3, 32, 32)
+    assert all(torch.equal(a[i]["target"], b[i]["target"]) for i in range(4))
+    assert any(not torch.equal(a[i]["image"], c[i]["image"]) for i in range(4))
+    # Every crop is a window of the whole image, mirrored or not.
+    for i in range(4):
+        img, full = a[i]["image"], whole[i]["image"]
+        windows = full.unfold(1, 24, 1).unfold(2, 24, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 24, 24)
+        assert any(torch.equal(img, w) or torch.equal(img.flip(-1), w) for w in windows)
