@@ -176,8 +176,13 @@ def plan_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device:
 
 def _feature_key(encoder: FrozenEncoder, plan: TaskPlan, opts: EvalOptions, task: TaskSpec, split: str, n: int,
                  transform: str, copy: int = 0, carve: str | None = None) -> FeatureKey:
-    data = json.dumps({"root": str(opts.data_root) if opts.data_root else None, "carve": carve,
-                       "limit": opts.limit if split == "train" else None})
+    payload = {"root": str(opts.data_root) if opts.data_root else None, "carve": carve,
+               "limit": opts.limit if split == "train" else None}
+    if split == "train" and task.train_transform.random:
+        # The random crops, scales and flips of copy k are drawn from (seed, k, index): another
+        # seed is another set of copies. Keys of tasks without random transforms are unchanged.
+        payload["aug_seed"] = opts.seed
+    data = json.dumps(payload)
     return FeatureKey(encoder.fingerprint(), task.name, split, n, transform, plan.taps, opts.resolution, copy,
                       data=data)
 

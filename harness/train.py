@@ -107,18 +107,63 @@ def predict(head: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor, t
     return head(x).float()
 
 
+CPU_BATCH_BYTES = 2 << 30  # transient memory one batch may take on the CPU (encode or evaluate)
+GPU_BATCH_SHARE = 0.5  # on an accelerator: this share of the memory free when the batch is sized
+
+
+def batch_memory_budget(device: torch.device) -> int:
+    """Bytes one batch's transient tensors may take: half the accelerator's free memory, or
+    CPU_BATCH_BYTES on the CPU (a fixed figure, so that batches do not depend on what other
+    processes hold at the moment)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_BATCH_SHARE)
+    return CPU_BATCH_BYTES
+
+
+def eval_sample_bytes(shapes: dict, task: TaskSpec) -> int:
+    """Rough upper bound of what evaluating one sample holds at once: its taps in fp32 (the
+    head casts them) twice over for the head's own activations, and its prediction at the
+    target's size (num_outputs channels) eight times over: logits, the upsampling's
+    intermediate, and the metric's float64 temporaries."""
+    taps = sum(math.prod(s) for s in shapes["taps"].values()) * 4
+    target = shapes["target"]
+    pixels = math.prod(target[-2:]) if task.output == "pixel" and len(target) >= 2 else 1
+    return 2 * taps + 8 * 4 * pixels * max(task.num_outputs, 1)
+
+
+def eval_batch_size(shapes: dict | None, task: TaskSpec, budget: int, cap: int) -> int:
+    """Samples per evaluation batch: as many as ``budget`` allows, at most ``cap``, at least 1."""
+    if shapes is None:
+        return cap
+    return int(max(1, min(cap, budget // max(eval_sample_bytes(shapes, task), 1))))
+
+
+def source_parts(source) -> list:
+    """The same-size parts of a feature source (one for a split whose samples share a size)."""
+    return source.parts() if hasattr(source, "parts") else [source]
+
+
 @torch.no_grad()
 def evaluate(head: nn.Module, source, task: TaskSpec, device: torch.device,
-             batch_size: int = 256, precision: str = "fp32") -> dict[str, float]:
-    """Metric over the whole split, streamed batch by batch (every sample counted), head in eval
-    mode; the head may run in ``precision``, the metric always accumulates in fp32 or wider."""
+             batch_size: int = 256, memory_budget: int | None = None, precision: str = "fp32") -> dict[str, float]:
+    """Metric over the whole split, streamed batch by batch (every sample counted), head in eval mode;
+    the head may run in ``precision``, the metric always accumulates in fp32 or wider.
+
+    Each same-size part of the split (native-resolution splits have several) is evaluated in
+    batches of at most ``batch_size`` samples, fewer when its predictions at native size would
+    not fit ``memory_budget`` (default: ``batch_memory_budget``). The metric accumulates over
+    the whole split, each prediction at its own sample's size."""
     head.eval()
     metric = make_metric(task)
+    budget = memory_budget if memory_budget is not None else batch_memory_budget(device)
     with cpu_threads_for(head, device):
-        for x, y, valid in source.batches(batch_size, device):
-            with head_autocast(device, precision):
-                pred = predict(head, x, y, task)
-            metric.update(pred.float(), y, valid)
+        for part in source_parts(source):
+            shapes = part.shapes() if hasattr(part, "shapes") else None
+            for x, y, valid in part.batches(eval_batch_size(shapes, task, budget, batch_size), device):
+                with head_autocast(device, precision):
+                    pred = predict(head, x, y, task)
+                metric.update(pred.float(), y, valid)
     return metric.compute()
 
 
