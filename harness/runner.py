@@ -218,9 +218,10 @@ def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
             hashlib.sha256(va_idx.tobytes()).hexdigest()[:12])
 
 
-def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats):
+def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats, listed=None):
+    """``listed``: the train/val datasets already built by ``_train_val`` (else built here)."""
     task = plan.task
-    trains, val_ds, val_how, carve_id = _train_val(task, opts, plan.copies)
+    trains, val_ds, val_how, carve_id = listed if listed is not None else _train_val(task, opts, plan.copies)
     train_tf, eval_tf = task.train_transform.label, task.eval_transform.label
     train_src = [_encode(encoder, ds, plan, _feature_key(encoder, plan, opts, task, "train", len(ds), train_tf, k,
                                                          carve_id), stats, f"encode {task.name}/train#{k}")
@@ -325,8 +326,9 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
     t0 = time.perf_counter()
     plan = plan_task(encoder, task, opts, device)
     stats = CacheStats()
+    listed = _train_val(task, opts, plan.copies)  # every split listed (files paired) before any work
     tests = [list_test(target, opts) for target in targets]
-    train_src, val_src, (n_train, n_val, val_how, carve_id) = encode_train_val(encoder, plan, opts, stats)
+    train_src, val_src, (n_train, n_val, val_how, carve_id) = encode_train_val(encoder, plan, opts, stats, listed)
     t_train = time.perf_counter()
     per_seed, precision = train_and_select(encoder, plan, train_src, val_src, device, opts.head_precision)
     sel = Selection(per_seed, precision, n_train, n_val, val_how, carve_id, time.perf_counter() - t_train)
