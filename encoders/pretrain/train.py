@@ -136,9 +136,19 @@ def train_step(model: torch.nn.Module, method: Method, optimizer: torch.optim.Op
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     method.on_after_backward(epoch)
+    out = {k: float(v) for k, v in logs.items()}
+    if not scaler.is_enabled():  # the fp16 scaler skips such steps itself
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        out["skipped_step"] = float(not finite)
+        if not finite:
+            # CPU bf16 convolution backward now and then returns NaN weight gradients from finite inputs
+            # (torch 2.14, oneDNN; seen in SwAV at 32 px): drop that step, as a loss scaler would.
+            optimizer.zero_grad(set_to_none=True)
+            return loss.item(), out
     scaler.step(optimizer)
     scaler.update()
-    return loss.item(), {k: float(v) for k, v in logs.items()}
+    return loss.item(), out
 
 
 def _run_name(o: PretrainOptions, manifest: Manifest, epochs: int) -> str:
@@ -159,6 +169,9 @@ def _apply_preset(o: PretrainOptions) -> PretrainOptions:
     return replace(o, epochs=pick(o.epochs, p.epochs), batch_size=pick(o.batch_size, p.batch_size),
                    lr=pick(o.lr, p.lr), limit=pick(o.limit, p.limit), amp=pick(o.amp, p.amp),
                    knn_every=pick(o.knn_every, pick(p.knn_every, 1)), overrides={**p.settings, **o.overrides})
+
+
+MAX_SKIPPED_IN_ROW = 5
 
 
 def _log(world: World, msg: str) -> None:
@@ -197,6 +210,7 @@ class Run:
     # position and what was measured so far (saved in last.pt)
     epoch: int = 0
     step_in_epoch: int = 0
+    skipped_in_row: int = 0  # steps dropped for non-finite gradients, in a row
     history: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # this epoch's steps so far
     step_logs: list[dict[str, float]] = field(default_factory=list)  # the method's diagnostics, likewise
@@ -313,6 +327,12 @@ def _train_epoch(r: Run) -> None:
                                 images.to(r.device, non_blocking=True), r.epoch, r.autocast, r.channels_last)
         if not math.isfinite(loss):
             raise HarnessError(f"loss became {loss} at step {global_step}; lower --lr")
+        r.skipped_in_row = r.skipped_in_row + 1 if logs.get("skipped_step") else 0
+        if r.skipped_in_row:
+            _log(world, f"step {global_step}: gradients not finite; step skipped")
+        if r.skipped_in_row >= MAX_SKIPPED_IN_ROW:
+            raise HarnessError(f"gradients were not finite in {r.skipped_in_row} steps in a row (last: step "
+                               f"{global_step}); lower --lr or run without --amp")
         r.method.on_after_step((global_step + 1) / r.total_steps)
         r.losses.append(loss)
         r.step_logs.append(logs)
