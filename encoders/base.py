@@ -38,6 +38,7 @@ class EncoderInfo:
     size: str | None = None  # pretraining set size: "1.3M", "0.5M", "0.25M"
     epochs: int | None = None
     balanced: bool | None = None  # False for the linearly / logarithmically unbalanced subsets
+    corruption: str | None = None  # pretraining-data corruption (Cole et al.): "none", "jpeg:10"; None: not pretrained
     source: str = "random init"  # where the weights came from (a file, random init and its seed)
     title: str = ""  # the paper's name for it (Table 3)
     extra: dict[str, Any] = field(default_factory=dict)

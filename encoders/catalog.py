@@ -47,7 +47,8 @@ class CatalogEntry:
 def _row(name: str, title: str, method: str, data: str, size: str | None, epochs: int | None,
          balanced: bool | None, fmt: str | None, filename: str | None, url: str | None, **kw: Any) -> CatalogEntry:
     info = EncoderInfo(name=name, arch="resnet50", method=method, data=data, size=size, epochs=epochs,
-                       balanced=balanced, title=title, source="catalog")
+                       balanced=balanced, title=title, source="catalog",
+                       corruption=None if method == "none" else "none")
     return CatalogEntry(info, fmt, filename, url, **kw)
 
 

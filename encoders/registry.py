@@ -99,7 +99,8 @@ def info_from_meta(name: str, arch: str, meta: dict[str, Any], source: str) -> E
     epochs = meta.get("epochs")
     return EncoderInfo(name=name, arch=arch, method=METHOD_SPELLING.get(method.lower(), method), data=data,
                        size=_size_label(meta.get("images")), epochs=epochs if isinstance(epochs, int) else None,
-                       balanced=balanced, source=source)
+                       balanced=balanced, source=source,
+                       corruption=str(meta.get("corrupt") or "none") if meta.get("method") else None)
 
 
 def encoder_from_file(path: Path, fmt: str | None = None, name: str | None = None,
@@ -182,7 +183,7 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
     for e in ENCODERS.values():
         cat, info = e.catalog, e.info
         row = {"name": e.name, "method": info.method, "data": info.data, "epochs": info.epochs, "arch": info.arch,
-               "size": info.size, "balanced": info.balanced,
+               "size": info.size, "balanced": info.balanced, "corrupt": info.corruption or "-",
                "available": is_available(cat, weights_dir) if cat else True, "description": e.description}
         if cat is not None:
             row.update(format=cat.format, file=cat.filename, url=cat.url,
@@ -196,6 +197,7 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
         info = info_from_meta(stem, str(meta.get("arch", "?")), meta, str(path))
         rows.append({"name": stem, "method": info.method if meta else "user", "data": info.data,
                      "epochs": info.epochs, "arch": info.arch, "size": info.size, "balanced": info.balanced,
+                     "corrupt": info.corruption or "-",
                      "available": True, "description": "harness pretrain output / user checkpoint",
                      "path": str(path)})
     return rows

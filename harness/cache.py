@@ -9,12 +9,20 @@ Entries are written under a temporary name, fsynced, checksummed and published b
 rename, with a ``complete`` mark written last: a killed or failed encode leaves at most a
 ``.tmp`` file that no reader opens. A published entry whose checksum no longer matches (a
 corrupted disk, a truncated copy) is detected on open and rebuilt.
+
+Two layouts. ``fixed``: every sample has the same shapes, one (N, ...) dataset per tap plus
+``target`` and ``valid``. ``grouped`` (pixelwise splits, whose samples may differ in size when
+they are evaluated at native resolution): one HDF5 group per shape signature under
+``groups/``, each holding the same datasets for its samples plus their dataset ``index``,
+appended batch by batch as sizes turn up. Both are one file, published and checksummed the
+same way, so a grouped entry is as atomic as a fixed one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import shutil
@@ -73,16 +81,19 @@ class EntryWriter:
 
     def __init__(self, key: FeatureKey, n: int, tap_shapes: dict[str, tuple[int, ...]],
                  target_shape: tuple[int, ...], target_dtype: np.dtype, valid_shape: tuple[int, ...] | None,
-                 root: Path | None = None):
+                 root: Path | None = None, expected_bytes: int | None = None):
         self.key, self.n = key, n
         self.path = entry_path(key, root)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
         self.what = f"the feature cache entry for {key.task}/{key.split}"
-        per_sample = sum(int(np.prod(s)) for s in tap_shapes.values()) * np.dtype(key.dtype).itemsize
-        per_sample += int(np.prod(target_shape)) * np.dtype(target_dtype).itemsize
-        per_sample += int(np.prod(valid_shape)) if valid_shape is not None else 0
-        ensure_space(self.path.parent, n * per_sample, self.what)
+        if expected_bytes is None:
+            per_sample = sum(int(np.prod(s)) for s in tap_shapes.values()) * np.dtype(key.dtype).itemsize
+            if target_shape is not None:
+                per_sample += int(np.prod(target_shape)) * np.dtype(target_dtype).itemsize
+            per_sample += int(np.prod(valid_shape)) if valid_shape is not None else 0
+            expected_bytes = n * per_sample
+        ensure_space(self.path.parent, expected_bytes, self.what)
         # Written through a GuardedFile: a full disk is one clear error, never a crashed HDF5 library.
         self.file = GuardedFile(self.tmp)
         self.fh = h5py.File(self.file, "w")
@@ -97,7 +108,8 @@ class EntryWriter:
 
         for tap, shape in tap_shapes.items():
             make(f"taps/{tap}", shape, self.dtype)
-        make("target", target_shape, target_dtype)
+        if target_shape is not None:  # None: a subclass lays its datasets out itself (GroupedEntryWriter)
+            make("target", target_shape, target_dtype)
         if valid_shape is not None:
             make("valid", valid_shape, np.bool_)
         self.pos = 0
@@ -141,6 +153,65 @@ class EntryWriter:
             pass
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+GROUPED = "grouped"
+
+
+def shape_signature(taps: dict[str, torch.Tensor], target: torch.Tensor, valid: torch.Tensor | None) -> str:
+    """Per-sample shapes of a batch (taps, target, valid) as a canonical string: one group each."""
+    sig = {"taps": {k: list(v.shape[1:]) for k, v in sorted(taps.items())}, "target": list(target.shape[1:]),
+           "valid": list(valid.shape[1:]) if valid is not None else None}
+    return json.dumps(sig, sort_keys=True)
+
+
+class GroupedEntryWriter(EntryWriter):
+    """Streams batches of samples whose sizes differ into one entry, a group per shape
+    signature (the ``grouped`` layout); each batch must be of one size. ``publish`` and
+    ``abort`` are EntryWriter's."""
+
+    def __init__(self, key: FeatureKey, n: int, root: Path | None = None, expected_bytes: int | None = None):
+        super().__init__(key, n, {}, None, None, None, root, expected_bytes=expected_bytes)
+        self.fh.attrs["layout"] = GROUPED
+        self.groups: dict[str, str] = {}  # signature -> HDF5 group name
+
+    def _group(self, sig: str, arrays: dict[str, np.ndarray]) -> str:
+        name = self.groups.get(sig)
+        if name is not None:
+            return name
+        name = self.groups[sig] = f"groups/g{len(self.groups)}"
+        self.fh.create_group(name).attrs["signature"] = sig
+        for sub, arr in arrays.items():
+            shape = arr.shape[1:]
+            per = int(np.prod(shape)) * arr.dtype.itemsize or 1
+            rows = int(max(1, min(self.n, (1 << 20) // per)))  # ~1 MiB chunks along the sample axis
+            self.fh.create_dataset(f"{name}/{sub}", shape=(0, *shape), maxshape=(None, *shape), dtype=arr.dtype,
+                                   chunks=(rows, *shape))
+            self.hashes[f"{name}/{sub}"] = hashlib.blake2b(digest_size=16)
+        return name
+
+    def write(self, taps: dict[str, torch.Tensor], target: torch.Tensor, valid: torch.Tensor | None,
+              index: torch.Tensor | None = None) -> None:
+        """Append one same-size batch; ``index``: the samples' positions in the dataset."""
+        b = len(target)
+        if index is None:
+            index = torch.arange(self.pos, self.pos + b)
+        arrays = {f"taps/{k}": v.detach().to("cpu").numpy().astype(self.dtype, copy=False) for k, v in taps.items()}
+        arrays["target"] = target.numpy()
+        if valid is not None:
+            arrays["valid"] = valid.numpy().astype(np.bool_)
+        arrays["index"] = np.asarray(index, dtype=np.int64)
+        group = self._group(shape_signature(taps, target, valid), arrays)
+        for sub, arr in arrays.items():
+            ds = self.fh[f"{group}/{sub}"]
+            start = ds.shape[0]
+            ds.resize(start + b, axis=0)
+            ds[start:start + b] = arr
+            _checksum_update(self.hashes[f"{group}/{sub}"], arr)
+        self.pos += b
+        if self.file.error is not None:  # a full disk: stop at once (see EntryWriter.write)
+            self.abort()
+            self.file.check(self.what)
 
 
 def open_entry(key: FeatureKey, root: Path | None = None) -> h5py.File | None:
@@ -213,11 +284,94 @@ class MemoryFeatures:
         v = self.valid.to(device) if self.valid is not None else None
         return MemoryFeatures({k: t.to(device) for k, t in self.taps.items()}, self.target.to(device), v)
 
+    def shapes(self) -> dict:
+        """Per-sample shapes (taps, target): what sizing an evaluation batch needs."""
+        return {"taps": {k: tuple(v.shape[1:]) for k, v in self.taps.items()}, "target": tuple(self.target.shape[1:])}
 
-def load_memory(fh: h5py.File) -> MemoryFeatures:
-    taps = {name: torch.from_numpy(fh["taps"][name][:]) for name in fh["taps"]}
-    valid = torch.from_numpy(fh["valid"][:]) if "valid" in fh else None
-    return MemoryFeatures(taps, torch.from_numpy(fh["target"][:]), valid)
+
+def _groups(fh: h5py.File) -> list[h5py.Group] | None:
+    """The size groups of a ``grouped`` entry in creation order; None for a ``fixed`` entry."""
+    if fh.attrs.get("layout") != GROUPED:
+        return None
+    if "groups" not in fh:  # an empty split
+        return []
+    return [fh["groups"][name] for name in sorted(fh["groups"], key=lambda g: int(g[1:]))]
+
+
+def _load_group(g: h5py.Group | h5py.File) -> MemoryFeatures:
+    taps = {name: torch.from_numpy(g["taps"][name][:]) for name in g["taps"]}
+    valid = torch.from_numpy(g["valid"][:]) if "valid" in g else None
+    return MemoryFeatures(taps, torch.from_numpy(g["target"][:]), valid)
+
+
+def load_memory(fh: h5py.File):
+    """The entry in memory: MemoryFeatures, or GroupedFeatures when its samples come in several sizes."""
+    groups = _groups(fh)
+    if groups is None:
+        return _load_group(fh)
+    return assemble([_load_group(g) for g in groups], [torch.from_numpy(g["index"][:]) for g in groups])
+
+
+def open_stream(path: Path):
+    """The entry read from disk as it is consumed: StreamFeatures, or GroupedFeatures of them."""
+    with h5py.File(path, "r") as fh:
+        groups = _groups(fh)
+        if groups is None:
+            return StreamFeatures(path)
+        names = [g.name.lstrip("/") for g in groups]
+        index = [torch.from_numpy(g["index"][:]) for g in groups]
+    return assemble([StreamFeatures(path, group=name) for name in names], index)
+
+
+def assemble(parts: list, index: list[torch.Tensor]):
+    """One source per size; a split of a single size is served by its one part directly."""
+    if len(parts) == 1:
+        return parts[0]
+    return GroupedFeatures(parts, index)
+
+
+class GroupedFeatures:
+    """A split whose samples differ in size (native-resolution evaluation): one same-size
+    source per size, every batch drawn from one of them.
+
+    ``parts()`` lets the evaluation size its batches per part. Shuffled passes (training)
+    interleave the parts' batches in a seeded random order when they are in memory, and visit
+    streamed parts one after the other (in random order), which keeps disk reads sequential
+    and one prefetch thread alive at a time.
+    """
+
+    def __init__(self, parts: list, index: list[torch.Tensor] | None = None):
+        self._parts = list(parts)
+        self.index = index  # per part: the samples' positions in the dataset
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def parts(self) -> list:
+        return list(self._parts)
+
+    def sizes(self) -> list[tuple[tuple[int, ...], int]]:
+        """(target shape, samples) per part."""
+        return [(p.shapes()["target"], len(p)) for p in self._parts]
+
+    def batches(self, batch_size: int, device: torch.device, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator:
+        if not shuffle:
+            for p in self._parts:
+                yield from p.batches(batch_size, device)
+            return
+        order = torch.randperm(len(self._parts), generator=generator).tolist()
+        if not all(isinstance(p, MemoryFeatures) for p in self._parts):
+            for i in order:
+                yield from self._parts[i].batches(batch_size, device, True, generator)
+            return
+        iters = [self._parts[i].batches(batch_size, device, True, generator) for i in order]
+        schedule = [j for j, i in enumerate(order) for _ in range(math.ceil(len(self._parts[i]) / batch_size))]
+        for j in torch.randperm(len(schedule), generator=generator).tolist():
+            yield next(iters[schedule[j]])
+
+    def to(self, device: torch.device) -> GroupedFeatures:
+        return GroupedFeatures([p.to(device) for p in self._parts], self.index)
 
 
 class StreamFeatures:
@@ -227,23 +381,33 @@ class StreamFeatures:
     sequential on disk while mixing batches.
     """
 
-    def __init__(self, path: Path, block_rows: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: Path, block_rows: int | None = None, group: str = ""):
+        self.path, self.group = Path(path), group  # group: one size group of a grouped entry
         with h5py.File(self.path, "r") as fh:
-            self.n = int(fh["target"].shape[0])
-            self.tap_names = list(fh["taps"])
-            chunk = fh["target"].chunks[0] if fh["target"].chunks else self.n
-            per = sum(int(np.prod(fh["taps"][t].shape[1:])) * fh["taps"][t].dtype.itemsize for t in self.tap_names)
+            g = self._root(fh)
+            self.n = int(g["target"].shape[0])
+            self.tap_names = list(g["taps"])
+            chunk = g["target"].chunks[0] if g["target"].chunks else self.n
+            per = sum(int(np.prod(g["taps"][t].shape[1:])) * g["taps"][t].dtype.itemsize for t in self.tap_names)
             self.block_rows = block_rows or max(chunk, int(max(1, (256 << 20) // max(per, 1)) // chunk * chunk))
-            self.has_valid = "valid" in fh
+            self.has_valid = "valid" in g
+            self._shapes = {"taps": {t: tuple(g["taps"][t].shape[1:]) for t in self.tap_names},
+                            "target": tuple(g["target"].shape[1:])}
+
+    def _root(self, fh: h5py.File):
+        return fh[self.group] if self.group else fh
+
+    def shapes(self) -> dict:
+        return self._shapes
 
     def __len__(self) -> int:
         return self.n
 
     def _read(self, fh: h5py.File, start: int, stop: int) -> MemoryFeatures:
-        taps = {t: torch.from_numpy(fh["taps"][t][start:stop]) for t in self.tap_names}
-        valid = torch.from_numpy(fh["valid"][start:stop]) if self.has_valid else None
-        return MemoryFeatures(taps, torch.from_numpy(fh["target"][start:stop]), valid)
+        g = self._root(fh)
+        taps = {t: torch.from_numpy(g["taps"][t][start:stop]) for t in self.tap_names}
+        valid = torch.from_numpy(g["valid"][start:stop]) if self.has_valid else None
+        return MemoryFeatures(taps, torch.from_numpy(g["target"][start:stop]), valid)
 
     def batches(self, batch_size: int, device: torch.device, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator:

@@ -160,9 +160,10 @@ def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: Weights
     if json_out:
         _emit(rows)
         return
-    table = _table("name", "arch", "method", "data", "epochs", "format", "available")
+    table = _table("name", "arch", "method", "data", "corrupt", "epochs", "format", "available")
     for r in rows:
-        table.add_row(r["name"], r["arch"], r["method"], r["data"], str(r["epochs"] or "-"), r.get("format") or "-",
+        table.add_row(r["name"], r["arch"], r["method"], r["data"], r.get("corrupt", "-"), str(r["epochs"] or "-"),
+                      r.get("format") or "-",
                       "yes" if r["available"] else "no")
     _print_table(table)
 
@@ -249,6 +250,9 @@ def eval_cmd(
     aug_copies: Annotated[Optional[int], typer.Option("--aug-copies", min=1,
                                                       help="augmented train copies to encode")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 for encoding")] = "auto",
+    head_precision: Annotated[str, typer.Option("--head-precision", help="auto | fp32 | bf16 | fp16 for head "
+                                                "training (auto: bf16 on GPUs, and on CPUs with native bf16 for "
+                                                "the dense heads; fp32 otherwise)")] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the feature cache")] = False,
     ram_budget_gb: Annotated[float, typer.Option("--ram-budget-gb", help="features kept in memory")] = 8.0,
     disk_budget_gb: Annotated[float, typer.Option("--disk-budget-gb",
@@ -423,6 +427,10 @@ def pretrain(
     data: Annotated[list[str], typer.Option("--data", help="'synth' or an image folder (repeat to combine)")],
     variant: Annotated[str, typer.Option("--variant", help="full, half, quarter, lin, log")] = "full",
     manifest: Annotated[Path | None, typer.Option("--manifest", help="reuse a saved manifest.json")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="'small': the CPU recipe that learns on synth "
+                                                                "(options and --set override it)")] = None,
+    corrupt: Annotated[str | None, typer.Option("--corrupt", help="corrupt the pretraining images first: "
+                                                                  "jpeg:Q, downsample:F, saltpepper:P, blur:S")] = None,
     arch: Annotated[str, typer.Option("--arch", help="torchvision ResNet")] = "resnet18",
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="default: the method's")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=2, help="global batch")] = None,
@@ -436,7 +444,8 @@ def pretrain(
     setting: Annotated[list[str] | None, typer.Option("--set", help="method setting KEY=VALUE, e.g. "
                                                          "queue=4096, temperature=0.2, optim.lr=0.1")] = None,
     save_every: Annotated[int, typer.Option("--save-every", min=0, help="also checkpoint every N steps")] = 0,
-    knn_every: Annotated[int, typer.Option("--knn-every", min=0, help="epochs between kNN checks")] = 1,
+    knn_every: Annotated[int | None, typer.Option("--knn-every", min=0, help="epochs between kNN checks "
+                                                                            "(default 1, or the preset's)")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="default: on for CUDA")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from last.pt")] = True,
@@ -452,7 +461,8 @@ def pretrain(
             raise UsageError(f"--set {item!r}: use KEY=VALUE")
         overrides[key.strip()] = value.strip()
     result = run_pretrain(PretrainOptions(
-        method=method, data=data, variant=variant, manifest=manifest, arch=arch, epochs=epochs,
+        method=method, data=data, variant=variant, manifest=manifest, preset=preset, corrupt=corrupt, arch=arch,
+        epochs=epochs,
         batch_size=batch_size, lr=lr, limit=limit, resolution=resolution, seed=seed, device=device, out=out,
         name=name, overrides=overrides, save_every=save_every, knn_every=knn_every, workers=workers, amp=amp,
         resume=resume))
@@ -512,7 +522,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", help="where report.json, tables and figures go "
                                                               "(default: RESULTS_DIR/report)")] = None,
     baseline: Annotated[str, typer.Option("--baseline", help="the supervised baseline encoder")] = "supervised_in",
-    group_by: Annotated[str, typer.Option("--group-by", help="method, data, epochs or balanced (A minus B)")] = (
+    group_by: Annotated[str, typer.Option("--group-by", help="method, data, epochs, balanced or corruption "
+                                                             "(A minus B)")] = (
         "method"),
     a: Annotated[Optional[str], typer.Option("--a", help="group A (default: the most frequent value)")] = None,
     b: Annotated[Optional[str], typer.Option("--b", help="group B (default: the second most frequent)")] = None,

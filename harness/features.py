@@ -4,14 +4,21 @@
 miss encodes with a DataLoader (workers, pinned memory on CUDA, autocast, channels_last)
 while streaming the taps into a new cache entry; when the taps would not fit the disk budget,
 the split is encoded on the fly at every use instead, and the caller is told so.
+
+Pixelwise splits are evaluated at native resolution, where samples may differ in size
+(KITTI's pairs, a folder of photos): a loader batch that does not stack is split by size into
+buckets that are encoded when full, every encoder batch holds one size, and the entry keeps
+one group per size (harness/cache.py, the ``grouped`` layout). Encoder batches shrink to fit
+the memory budget when the images are large (a 1024 x 2048 Cityscapes frame).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,16 +30,20 @@ from .cache import (
     CorruptEntry,
     EntryWriter,
     FeatureKey,
+    GroupedEntryWriter,
     MemoryFeatures,
-    StreamFeatures,
+    assemble,
     entry_path,
     load_memory,
     open_entry,
+    open_stream,
     remove_entry,
+    shape_signature,
     verify,
 )
 from .common.locks import EntryLock
 from .common.progress import log, progress
+from .train import batch_memory_budget
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, "torch.Tensor | None"]
 
@@ -51,6 +62,7 @@ class EncodeSettings:
     ram_budget: int = 8 << 30  # bytes of features kept in memory for head training
     disk_budget: int = 20 << 30  # bytes one cache entry may take; above it, encode on the fly
     cache_root: object = None  # Path | None: default harness.common.paths.features_dir()
+    memory_budget: int | None = None  # bytes one encoder batch may take; None: train.batch_memory_budget
 
 
 @dataclass
@@ -64,8 +76,27 @@ class CacheStats:
     notes: list[str] = field(default_factory=list)
 
 
-def _collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+ENCODE_BYTES_PER_PIXEL = 512  # transient fp32 activations of a ResNet-50-sized encoder per input pixel (generous)
+SURVEY = 8  # samples whose image size is looked at before encoding (evenly spaced)
+
+
+def _collate(samples: list[dict[str, torch.Tensor]]):
+    """A stacked batch, or the list of samples when their sizes differ (bucketed by size later)."""
+    first = samples[0]
+    if any(s.keys() != first.keys() for s in samples):
+        raise ValueError("samples of one split carry different keys (e.g. some without 'valid'); a loader must "
+                         "return the same keys for every sample")
+    if any(s[k].shape != first[k].shape for s in samples[1:] for k in first):
+        return samples
+    return {k: torch.stack([s[k] for s in samples]) for k in first}
+
+
+def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _size_key(sample: dict[str, torch.Tensor]) -> tuple:
+    return tuple(tuple(v.shape) for _, v in sorted(sample.items()))
 
 
 def loader(dataset: Dataset, batch_size: int, device: torch.device, num_workers: int = 0,
@@ -93,47 +124,134 @@ def prepare(encoder: FrozenEncoder, settings: EncodeSettings) -> FrozenEncoder:
 
 
 def encode_batches(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings,
-                   sampler=None, desc: str = "encode") -> Iterator[Batch]:
-    """Encoded batches in dataset order (or ``sampler`` order), every sample included."""
+                   sampler=None, desc: str = "encode", with_index: bool = False) -> Iterator[Batch]:
+    """Encoded batches in dataset order (or ``sampler`` order), every sample included.
+
+    Every batch holds samples of one size. When a loader batch mixes sizes, its samples wait
+    in per-size buckets that are encoded when they hold ``batch_size`` samples (or when more
+    than two batches' worth wait), the rest at the end; the order then differs from the
+    dataset's. ``with_index`` adds each batch's dataset positions as a fourth element."""
     prepare(encoder, settings)
+    order = list(sampler) if sampler is not None else None
     dl = loader(dataset, settings.batch_size, settings.device, settings.num_workers, sampler)
-    for batch in progress(dl, desc=desc, total=len(dl)):
+    buckets: dict[tuple, list[tuple[dict[str, torch.Tensor], int]]] = {}
+    waiting = pos = 0
+
+    def run(batch: dict[str, torch.Tensor], index: torch.Tensor):
         images = batch["image"].to(settings.device, non_blocking=True)
         if settings.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_for(settings.device, settings.precision):
             out = encoder(images, taps)
         out = {k: v.contiguous() for k, v in out.items()}
-        yield out, batch["target"], batch.get("valid")
+        return (out, batch["target"], batch.get("valid"), index) if with_index else \
+            (out, batch["target"], batch.get("valid"))
+
+    def flush(key: tuple):
+        items = buckets.pop(key)
+        return run(_stack([s for s, _ in items]), torch.tensor([i for _, i in items]))
+
+    for batch in progress(dl, desc=desc, total=len(dl)):
+        if isinstance(batch, dict) and waiting:  # buckets are filling: this batch's samples join them
+            batch = [{k: v[j] for k, v in batch.items()} for j in range(len(batch["target"]))]
+        if isinstance(batch, dict):
+            b = len(batch["target"])
+            index = torch.tensor(order[pos:pos + b]) if order is not None else torch.arange(pos, pos + b)
+            pos += b
+            yield run(batch, index)
+            continue
+        for sample in batch:  # sizes differ: bucket by size
+            key = _size_key(sample)
+            buckets.setdefault(key, []).append((sample, order[pos] if order is not None else pos))
+            pos, waiting = pos + 1, waiting + 1
+            if len(buckets[key]) >= settings.batch_size:
+                waiting -= len(buckets[key])
+                yield flush(key)
+        while waiting > 2 * settings.batch_size:  # many sizes: encode the fullest bucket early
+            key = max(buckets, key=lambda k: len(buckets[k]))
+            waiting -= len(buckets[key])
+            yield flush(key)
+    for key in list(buckets):
+        yield flush(key)
 
 
 class OnTheFlyFeatures:
-    """Encodes its split at every pass: for pixelwise taps that exceed the disk budget."""
+    """Encodes its split at every pass: for pixelwise taps that exceed the disk budget.
 
-    def __init__(self, encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings):
+    ``max_batch``: the most samples one encoder batch may hold (the memory budget's figure
+    for the split's largest images); a pass asked for bigger batches gets batches this big."""
+
+    def __init__(self, encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings,
+                 max_batch: int | None = None, sample_shapes: dict | None = None):
         self.encoder, self.dataset, self.taps, self.settings = encoder, dataset, taps, settings
+        self.max_batch, self._shapes = max_batch, sample_shapes
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def shapes(self) -> dict | None:
+        """Per-sample shapes of the first sample (the split's others may differ)."""
+        return self._shapes
+
     def batches(self, batch_size: int, device: torch.device, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Batch]:
         order = torch.randperm(len(self), generator=generator).tolist() if shuffle else None
-        s = EncodeSettings(**{**self.settings.__dict__, "batch_size": batch_size})
+        bs = min(batch_size, self.max_batch) if self.max_batch else batch_size
+        s = EncodeSettings(**{**self.settings.__dict__, "batch_size": bs})
         for feats, target, valid in encode_batches(self.encoder, self.dataset, self.taps, s, sampler=order):
             yield ({k: v.to(device) for k, v in feats.items()}, target.to(device),
                    valid.to(device) if valid is not None else None)
 
 
-def _probe(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings):
-    """Tap shapes and target shape/dtype from one sample (cheap: one forward pass)."""
+@dataclass
+class Probe:
+    """What one forward pass on sample 0 and a look at a few samples' sizes tell about a split."""
+
+    tap_shapes: dict[str, tuple[int, ...]]
+    target_shape: tuple[int, ...]
+    target_dtype: np.dtype
+    valid_shape: tuple[int, ...] | None
+    pixels0: int  # input pixels of sample 0 (per frame)
+    frames: int
+    mean_pixels: float  # over the surveyed samples
+    max_pixels: int
+    sizes: set[tuple[int, int]]  # image sizes seen in the survey
+
+    @property
+    def spatial(self) -> bool:
+        """Pixelwise taps or targets: stored in the grouped layout, whose samples may differ in size."""
+        return any(len(s) >= 3 for s in self.tap_shapes.values()) or len(self.target_shape) >= 2
+
+    def tap_bytes(self, pixels: float, itemsize: int) -> float:
+        """One sample's taps at ``pixels`` input pixels: spatial taps grow with the image, pooled ones do not."""
+        ratio = pixels / max(self.pixels0, 1)
+        return sum(math.prod(s) * itemsize * (ratio if len(s) >= 3 else 1.0) for s in self.tap_shapes.values())
+
+    def encode_batch(self, budget: int, cap: int) -> int:
+        """Samples per encoder batch that fit ``budget`` at the split's largest surveyed size."""
+        per = self.max_pixels * self.frames * (ENCODE_BYTES_PER_PIXEL + 3 * 4) + self.tap_bytes(self.max_pixels, 4)
+        return int(max(1, min(cap, budget // max(per, 1))))
+
+    def sample_shapes(self) -> dict:
+        return {"taps": self.tap_shapes, "target": self.target_shape}
+
+
+def _probe(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings) -> Probe:
+    """Tap shapes and target shape/dtype from one sample (cheap: one forward pass), and the
+    image sizes of up to SURVEY samples spread over the split (decoded, not encoded)."""
     sample = dataset[0]
     with torch.no_grad():
         out = encoder.to(settings.device)(sample["image"].unsqueeze(0).to(settings.device), taps)
     tap_shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
     target = torch.as_tensor(sample["target"])
     valid = sample.get("valid")
-    return tap_shapes, tuple(target.shape), target.numpy().dtype, (tuple(valid.shape) if valid is not None else None)
+    n = len(dataset)
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SURVEY))} - {0})
+    sizes = [tuple(sample["image"].shape[-2:])] + [tuple(dataset[i]["image"].shape[-2:]) for i in picks]
+    pixels = [h * w for h, w in sizes]
+    return Probe(tap_shapes, tuple(target.shape), target.numpy().dtype, tuple(valid.shape) if valid is not None
+                 else None, pixels[0], int(np.prod(sample["image"].shape[:-3])) or 1, float(np.mean(pixels)),
+                 max(pixels), set(sizes))
 
 
 def get_features(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], key: FeatureKey,
@@ -149,16 +267,24 @@ def get_features(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...]
 def _get_features(encoder, dataset, taps, key, settings, stats, desc):
     root = settings.cache_root
     n = len(dataset)
-    tap_shapes, target_shape, target_dtype, valid_shape = _probe(encoder, dataset, taps, settings)
+    probe = _probe(encoder, dataset, taps, settings)
+    budget = settings.memory_budget if settings.memory_budget is not None else batch_memory_budget(settings.device)
+    max_batch = probe.encode_batch(budget, max(settings.batch_size, 256))
+    if max_batch < settings.batch_size:  # large images: fewer per encoder batch
+        settings = replace(settings, batch_size=max_batch)
     itemsize = np.dtype(key.dtype).itemsize
-    est = n * sum(int(np.prod(s)) * itemsize for s in tap_shapes.values())
+    est = n * probe.tap_bytes(probe.mean_pixels, itemsize)
     fits_ram = est <= settings.ram_budget
     if est > settings.disk_budget or (not settings.use_cache and not fits_ram):
         stats.on_the_fly += 1
-        why = (f"disk budget {settings.disk_budget / 2**30:.1f} GiB" if settings.use_cache else
-               f"RAM budget {settings.ram_budget / 2**30:.1f} GiB and the cache is off")
-        stats.notes.append(f"{key.split}: taps need {est / 2**30:.1f} GiB > {why}; encoded on the fly at every epoch")
-        return OnTheFlyFeatures(encoder, dataset, taps, settings)
+        why = (f"disk budget {_gib(settings.disk_budget)}" if settings.use_cache else
+               f"RAM budget {_gib(settings.ram_budget)} and the cache is off")
+        stats.notes.append(f"{key.split}: taps need {_gib(est)} > {why}; encoded on the fly at every use "
+                           f"(each training epoch, each evaluation), not cached")
+        if len(probe.sizes) > 1:
+            stats.notes.append(f"{key.split}: samples differ in size; encoded and scored at native size, batched by "
+                               f"size")
+        return OnTheFlyFeatures(encoder, dataset, taps, settings, max_batch, probe.sample_shapes())
 
     lock = None
     if settings.use_cache:
@@ -176,16 +302,15 @@ def _get_features(encoder, dataset, taps, key, settings, stats, desc):
         if lock.broke:
             stats.notes.append(f"{key.split}: took over a stale cache lock ({lock.broke})")
     stats.misses += 1
-
     try:
-        return _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, tap_shapes, target_shape,
-                                 target_dtype, valid_shape, fits_ram, est, stats, lock)
+        return _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, probe, fits_ram, est, stats,
+                                 lock)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _cached(key: FeatureKey, root, fits_ram: bool, est: int, settings: EncodeSettings, stats: CacheStats):
+def _cached(key: FeatureKey, root, fits_ram: bool, est: float, settings: EncodeSettings, stats: CacheStats):
     """The published entry (in memory or streamed), or None (absent; a corrupt one is removed)."""
     try:
         fh = open_entry(key, root)
@@ -195,10 +320,11 @@ def _cached(key: FeatureKey, root, fits_ram: bool, est: int, settings: EncodeSet
             verify(fh)
             feats = load_memory(fh) if fits_ram else None
         stats.hits += 1
-        if fits_ram:
-            return feats
-        stats.notes.append(_streamed(key, est, settings))
-        return StreamFeatures(entry_path(key, root))
+        if not fits_ram:
+            stats.notes.append(_streamed(key, est, settings))
+            feats = open_stream(entry_path(key, root))
+        _note_sizes(key, feats, stats)
+        return feats
     except CorruptEntry as exc:
         remove_entry(key, root)
         stats.rebuilt += 1
@@ -206,24 +332,31 @@ def _cached(key: FeatureKey, root, fits_ram: bool, est: int, settings: EncodeSet
         return None
 
 
-def _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, tap_shapes, target_shape, target_dtype,
-                      valid_shape, fits_ram, est, stats, lock):
-    writer = EntryWriter(key, n, tap_shapes, target_shape, target_dtype, valid_shape, root) if settings.use_cache \
-        else None
-    kept: dict[str, list] = {"target": [], "valid": []}
-    kept.update({t: [] for t in taps})
+def _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, probe, fits_ram, est, stats, lock):
+    writer = None
+    if settings.use_cache:
+        writer = GroupedEntryWriter(key, n, root, expected_bytes=int(est)) if probe.spatial else \
+            EntryWriter(key, n, probe.tap_shapes, probe.target_shape, probe.target_dtype, probe.valid_shape, root)
+    kept: dict[str, dict[str, list]] = {}  # per shape signature: taps, target, valid, index
     try:
-        for feats, target, valid in encode_batches(encoder, dataset, taps, settings, desc=desc):
+        for feats, target, valid, index in encode_batches(encoder, dataset, taps, settings, desc=desc,
+                                                          with_index=True):
             stored = {k: v.to("cpu", getattr(torch, key.dtype)) for k, v in feats.items()}
-            if writer is not None:
+            if isinstance(writer, GroupedEntryWriter):
+                writer.write(stored, target, valid, index)
+            elif writer is not None:
                 writer.write(stored, target, valid)
+            if lock is not None:
                 lock.touch()
             if fits_ram:
+                part = kept.setdefault(shape_signature(stored, target, valid) if probe.spatial else "",
+                                       {"target": [], "valid": [], "index": [], **{t: [] for t in taps}})
                 for k, v in stored.items():
-                    kept[k].append(v)
-                kept["target"].append(target)
+                    part[k].append(v)
+                part["target"].append(target)
+                part["index"].append(index)
                 if valid is not None:
-                    kept["valid"].append(valid)
+                    part["valid"].append(valid)
         if writer is not None:
             writer.publish()
     except BaseException:
@@ -231,12 +364,29 @@ def _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, tap_
             writer.abort()
         raise
     if fits_ram:
-        return MemoryFeatures({t: torch.cat(kept[t]) for t in taps}, torch.cat(kept["target"]),
-                              torch.cat(kept["valid"]).bool() if kept["valid"] else None)
-    stats.notes.append(_streamed(key, est, settings))
-    return StreamFeatures(entry_path(key, root))
+        feats = assemble([MemoryFeatures({t: torch.cat(p[t]) for t in taps}, torch.cat(p["target"]),
+                                         torch.cat(p["valid"]).bool() if p["valid"] else None) for p in kept.values()],
+                         [torch.cat(p["index"]) for p in kept.values()])
+    else:
+        stats.notes.append(_streamed(key, est, settings))
+        feats = open_stream(entry_path(key, root))
+    _note_sizes(key, feats, stats)
+    return feats
 
 
-def _streamed(key: FeatureKey, est: int, settings: EncodeSettings) -> str:
-    return (f"{key.split}: taps need {est / 2**30:.1f} GiB > RAM budget {settings.ram_budget / 2**30:.1f} GiB; "
+def _note_sizes(key: FeatureKey, feats, stats: CacheStats) -> None:
+    """A split of several sizes says so in the record, with the sizes and their counts."""
+    if not hasattr(feats, "sizes"):
+        return
+    sizes = ", ".join(f"{'x'.join(map(str, shape[-2:]))} ({count})" for shape, count in feats.sizes())
+    stats.notes.append(f"{key.split}: samples of {len(feats.parts())} sizes, encoded and scored at native size, "
+                       f"batched by size: {sizes}")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.2f} MiB"
+
+
+def _streamed(key: FeatureKey, est: float, settings: EncodeSettings) -> str:
+    return (f"{key.split}: taps need {_gib(est)} > RAM budget {_gib(settings.ram_budget)}; "
             f"streamed from the disk cache")

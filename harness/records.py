@@ -71,6 +71,7 @@ class EvalRecord:
     tap_index: int | None = None  # its depth among the encoder's declared blocks
     pool: dict[str, Any] | None = None  # a spatial tap's pooling: mode, dims, grid, features
     subset: dict[str, Any] | None = None  # a label fraction: kind, value, seed, manifests (size, hash)
+    head_precision: str = "fp32"  # what the head trained and was tested in (autocast; weights fp32)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     record_version: int = RECORD_VERSION
 

@@ -44,7 +44,7 @@ from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val
 from .stacked import fit_grid, supports
-from .train import FitResult, evaluate, fit
+from .train import FitResult, evaluate, fit, resolve_head_precision
 
 
 @dataclass
@@ -65,6 +65,7 @@ class EvalOptions:
     aug_copies: int | None = None  # override the task's number of augmented train copies
     num_workers: int | None = None  # None: the machine's cores for datasets that decode files, else 0
     precision: str = "auto"
+    head_precision: str = "auto"  # head training: auto | fp32 | bf16 | fp16 (harness.train.resolve_head_precision)
     use_cache: bool = True
     ram_budget_gb: float = 8.0
     disk_budget_gb: float = 20.0
@@ -111,6 +112,7 @@ class Selection:
     """What training chose, per seed, and how val was made."""
 
     per_seed: list[tuple[int, FitResult, list[FitResult]]]
+    precision: str  # what the head trained (and is tested) in
     n_train: int
     n_val: int
     val_how: str
@@ -129,8 +131,9 @@ def eval_options(params: dict, debug: bool = False) -> EvalOptions:
 
     if params["grid"] not in ("full", "single"):
         raise UsageError(f"--grid {params['grid']!r}: use 'full' or 'single'")
-    if params["precision"] not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision {params['precision']!r}: use auto, fp32, bf16 or fp16")
+    for opt in ("precision", "head_precision"):
+        if params.get(opt, "auto") not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"--{opt.replace('_', '-')} {params[opt]!r}: use auto, fp32, bf16 or fp16")
     p = dict(params)
     p.pop("json_out", None)
     p["tasks"] = resolve_tasks(p.pop("task"))
@@ -180,6 +183,7 @@ def run_key(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, tap: str 
     key = {"encoder": encoder.fingerprint(), "task": task.name, "epochs": opts.epochs or source.epochs,
            "limit": opts.limit, "resolution": opts.resolution, "seed": opts.seed, "seeds": opts.seeds,
            "grid": opts.grid, "batch_size": opts.batch_size, "aug_copies": opts.aug_copies,
+           "head_precision": opts.head_precision,
            "data_root": str(opts.data_root) if opts.data_root else None, "record_version": RECORD_VERSION}
     if task.head_from:
         key["head_from"] = task.head_from
@@ -234,8 +238,13 @@ def plan_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device:
 
 def _feature_key(encoder: FrozenEncoder, plan: TaskPlan, opts: EvalOptions, task: TaskSpec, split: str, n: int,
                  transform: str, copy: int = 0, carve: str | None = None) -> FeatureKey:
-    data = json.dumps({"root": str(opts.data_root) if opts.data_root else None, "carve": carve,
-                       "limit": opts.limit if split == "train" else None})
+    payload = {"root": str(opts.data_root) if opts.data_root else None, "carve": carve,
+               "limit": opts.limit if split == "train" else None}
+    if split == "train" and task.train_transform.random:
+        # The random crops, scales and flips of copy k are drawn from (seed, k, index): another
+        # seed is another set of copies. Keys of tasks without random transforms are unchanged.
+        payload["aug_seed"] = opts.seed
+    data = json.dumps(payload)
     return FeatureKey(encoder.fingerprint(), task.name, split, n, transform, plan.taps, opts.resolution, copy,
                       data=data)
 
@@ -271,9 +280,10 @@ def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
             hashlib.sha256(va_idx.tobytes()).hexdigest()[:12])
 
 
-def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats):
+def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats, listed=None):
+    """``listed``: the train/val datasets already built by ``_train_val`` (else built here)."""
     task = plan.task
-    trains, val_ds, val_how, carve_id = _train_val(task, opts, plan.copies)
+    trains, val_ds, val_how, carve_id = listed if listed is not None else _train_val(task, opts, plan.copies)
     train_tf, eval_tf = task.train_transform.label, task.eval_transform.label
     train_src = [_encode(encoder, ds, plan, _feature_key(encoder, plan, opts, task, "train", len(ds), train_tf, k,
                                                          carve_id), stats, f"encode {task.name}/train#{k}")
@@ -286,13 +296,15 @@ def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheSta
 # ------------------------------------------------------------------------------- 3. train and select
 
 def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.device,
-                     taps: dict[str, Tap] | None = None) -> list:
-    """Per seed: (seed, the chosen FitResult, every configuration's). ``taps``: the widths the head is
-    built for (default: the encoder's; a probed tap's otherwise). Single-layer and fusion heads train
-    the whole grid (and every seed) at once (harness.stacked); other heads one configuration at a time."""
+                     taps: dict[str, Tap] | None = None, head_precision: str = "auto") -> tuple[list, str]:
+    """Per seed: (seed, the chosen FitResult, every configuration's), and the precision the head
+    trained in. ``taps``: the widths the head is built for (default: the encoder's; a probed tap's
+    otherwise). Single-layer and fusion heads in fp32 train the whole grid (and every seed) at once
+    (harness.stacked); other heads one configuration at a time."""
     task = plan.task
     taps = taps if taps is not None else encoder.taps
     per_seed = []
+    precision = resolve_head_precision(head_precision, device, plan.head.build(taps, task))
     total = len(plan.seeds) * len(plan.grid) * plan.epochs
 
     def label(s: int, i: int) -> str:
@@ -303,7 +315,7 @@ def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.
         def build():
             return plan.head.build(taps, task)
 
-        if supports(build, plan.grid, task):
+        if precision == "fp32" and supports(build, plan.grid, task):
             by_seed = fit_grid(build, plan.grid, plan.seeds, train_src, val_src, task,
                                plan.epochs, device, plan.batch_size,
                                on_epoch=lambda s, i, e, loss, val: bar.epoch(label(s, i), e, plan.epochs, loss, val))
@@ -319,22 +331,31 @@ def train_and_select(encoder, plan: TaskPlan, train_src, val_src, device: torch.
                         bar.epoch(lab, epoch, plan.epochs, loss, val)
 
                     by_seed[s].append(fit(head, train_src, val_src, task, cfg, plan.epochs, device, s,
-                                          plan.batch_size, on_epoch=hook))
+                                          plan.batch_size, on_epoch=hook, precision=precision))
         for s in plan.seeds:
             results = by_seed[s]
             best = max(results, key=lambda r: r.best_val)  # ties: the earlier (default-first) configuration
             per_seed.append((s, best, results))
     first = per_seed[0][1]
     log(f"train {task.name}: chose {first.config.label}, epoch {first.best_epoch}, val {task.metric} "
-        f"{first.best_val:.4f}")
-    return per_seed
+        f"{first.best_val:.4f} (head in {precision})")
+    return per_seed, precision
 
 
 # ------------------------------------------------------------------------------------------ 4. test
 
-def encode_test(encoder, plan: TaskPlan, target: TaskSpec, opts: EvalOptions, stats: CacheStats):
-    """``target``'s test split, built and encoded (once, whatever the number of probes scored on it)."""
-    test_ds = target.dataset(target, _request(target, opts, target.splits.test, False))
+def list_test(target: TaskSpec, opts: EvalOptions):
+    """The test split's listing (files paired, nothing decoded or encoded): made before training so
+    that a missing test file fails in seconds, not after hours of training. Nothing of it is read
+    until every choice has been made on val."""
+    return target.dataset(target, _request(target, opts, target.splits.test, False))
+
+
+def encode_test(encoder, plan: TaskPlan, target: TaskSpec, opts: EvalOptions, stats: CacheStats, test_ds=None):
+    """``target``'s test split (``test_ds``: as ``list_test`` listed it), encoded once, whatever the
+    number of probes scored on it."""
+    if test_ds is None:
+        test_ds = list_test(target, opts)
     test_src = _encode(encoder, test_ds, plan, _feature_key(encoder, plan, opts, target, "test", len(test_ds),
                                                             target.eval_transform.label), stats,
                        f"encode {target.name}/test")
@@ -357,7 +378,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
             head = sel.build() if sel.build is not None else plan.head.build(encoder.taps, task)
             head.load_state_dict(best.state)
             head.to(device)
-            scores = evaluate(head, test_src, task, device)
+            scores = evaluate(head, test_src, task, device, precision=sel.precision)
             n_params = count_parameters(head)
         seed_rows.append({"seed": s, "test": float(scores[task.metric]), "val": float(best.best_val),
                           "config": best.config.label, "epoch": best.best_epoch, "test_scores": scores})
@@ -385,7 +406,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
         grid=[{"config": r.config.label, "best_val": r.best_val, "best_epoch": r.best_epoch,
                "history": r.history, "lrs": r.lrs} for r in first_results],
         chance=target.chance, device=str(device), notes=notes,
-        train_size=task.train_size, trained_on=task.name, **sel.fields,
+        train_size=task.train_size, trained_on=task.name, head_precision=sel.precision, **sel.fields,
     )
     if len(sel.per_seed) > 1:
         record.secondary.update({"seeds": seed_rows, "test_std": statistics.stdev(tests),
@@ -411,7 +432,9 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
             enc = probes.pooled_encoder(encoder, opts.pool_dims)
         plan.taps = tuple(dict.fromkeys(n if n is not None else probes.DEFAULT_TAP for n in names.values()))
     stats = CacheStats()
-    train_src, val_src, (_, _, val_how, carve_id) = encode_train_val(enc, plan, opts, stats)
+    listed = _train_val(task, opts, plan.copies)  # every split listed (files paired) before any work
+    tests = [list_test(target, opts) for target in targets]
+    train_src, val_src, (_, _, val_how, carve_id) = encode_train_val(enc, plan, opts, stats, listed)
     drawn = subsets.apply(task, opts.subset, opts.seed, train_src, val_src)
     sels = []
     for tap in taps:
@@ -423,11 +446,12 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
         if fields["tap"] == probes.DEFAULT_TAP and task.head not in ("linear", "fusion") and opts.probe == "head":
             fields["tap"] = fields["tap_index"] = None  # a dense head reads its own taps
         t_train = time.perf_counter()
-        sel = Selection([], len(drawn.train[0]), len(drawn.val), val_how, carve_id, 0.0, fields=fields,
+        sel = Selection([], "fp32", len(drawn.train[0]), len(drawn.val), val_how, carve_id, 0.0, fields=fields,
                         notes=list(drawn.notes))
         if opts.probe == "head":
             head_taps = encoder.taps if name is None else probes.probe_taps(val_t, task.frames)
-            sel.per_seed = train_and_select(encoder, plan, train_t, val_t, device, head_taps)
+            sel.per_seed, sel.precision = train_and_select(encoder, plan, train_t, val_t, device, head_taps,
+                                                           opts.head_precision)
             sel.build = lambda head_taps=head_taps: plan.head.build(head_taps, task)
         else:
             sel.per_seed, sel.score = probes.fit_probe(opts.probe, task, train_t, val_t, device, plan.seeds,
@@ -437,8 +461,8 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
         sel.train_s = time.perf_counter() - t_train
         sels.append((name, sel))
     records = []
-    for target in targets:
-        test_ds, test_src = encode_test(enc, plan, target, opts, stats)
+    for target, listed_test in zip(targets, tests, strict=True):
+        test_ds, test_src = encode_test(enc, plan, target, opts, stats, listed_test)
         for name, sel in sels:
             records.append(test_target(encoder, plan, target, sel, opts, stats, device, t0,
                                        (test_ds, probes.tap_view(test_src, name, task.frames))))

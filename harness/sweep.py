@@ -180,6 +180,11 @@ def measure_throughput(encoder_name: str, resolution: int, device: str | None, b
             "how": f"measured now: {batches} batch(es) of {batch} random images after a warm-up, forward only"}
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """x to `digits` significant figures (hours of a small sweep are tiny; fixed decimals would zero them)."""
+    return float(f"{x:.{digits}g}")
+
+
 def estimate(jobs: list[Job], opts: SweepOptions) -> dict[str, Any]:
     """Encode hours of the jobs to run, from measured throughput per encoder x resolution."""
     from tasks.registry import get_task
@@ -202,8 +207,8 @@ def estimate(jobs: list[Job], opts: SweepOptions) -> dict[str, Any]:
                     for p in shared)
     kind = "GPU" if any(m["device"].startswith("cuda") for m in measured.values()) else "CPU"
     return {"jobs": len(jobs), "to_run": len(todo), "existing": sum(j.status == "skipped" for j in jobs),
-            "unplannable": sum(j.status == "failed" for j in jobs), "encode_hours": round(enc_hours, 4),
-            "encode_hours_without_sharing": round(hours, 4), "kind": kind,
+            "unplannable": sum(j.status == "failed" for j in jobs), "encode_hours": _sig(enc_hours),
+            "encode_hours_without_sharing": _sig(hours), "kind": kind,
             "throughput": {f"{e}@{r}px": round(m["images_per_s"], 1) for (e, r), m in measured.items()},
             "how": next(iter(measured.values()))["how"] if measured else "nothing to run",
             "note": "encoding only (every split once per encoder x task; the seeds of a pair share it); head "

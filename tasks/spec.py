@@ -157,7 +157,8 @@ class TaskSpec:
         """Samples per split when read in full: the release's counts, or the synthetic suite's."""
         if self.layout is not None:
             return dict(self.layout.counts)
-        return dict(self.extra.get("split_sizes", {}))
+        sizes = self.extra.get("split_sizes", {})
+        return dict(sizes() if callable(sizes) else sizes)
 
     @property
     def is_classification(self) -> bool:

@@ -13,8 +13,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

@@ -110,11 +110,13 @@ def mlp(dims: list[int], bn: bool, last_bn: bool = False) -> nn.Sequential:
 
 
 class Method(nn.Module):
-    """Base class: ``backbone`` is the encoder we keep; ``forward(views, epoch) -> (loss, logs)``."""
+    """Base class: ``backbone`` is the encoder we keep; ``forward(views, epoch) -> (loss, logs)``, where
+    ``logs`` are detached scalar diagnostics (averaged per epoch into the run history)."""
 
     backbone: nn.Module
+    sync_bn: bool = True  # SyncBatchNorm under DDP on GPUs (MoCo's shuffle-BN turns it off)
 
-    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def on_after_backward(self, epoch: int) -> None:
@@ -135,6 +137,21 @@ def encode_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor
         out.append(backbone(torch.cat(views[i:j])))
         i = j
     return torch.cat(out)
+
+
+def full_precision(x: torch.Tensor):
+    """A context in which autocast is off, for losses computed in float32 on (cast) embeddings."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+@torch.no_grad()
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """Per-dimension standard deviation of the L2-normalised embeddings, averaged over dimensions.
+
+    The collapse check of SimSiam (Chen & He 2021): 0 when every sample maps to one point, about
+    1/sqrt(d) when the embeddings spread over the sphere (0.088 for d = 128).
+    """
+    return torch.nn.functional.normalize(z.detach().float(), dim=1).std(0).mean()
 
 
 @torch.no_grad()

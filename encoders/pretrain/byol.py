@@ -9,7 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, cosine_momentum, ema_update, encode_views, make_backbone, mlp
+from .base import (
+    Method,
+    MethodConfig,
+    OptimDefaults,
+    cosine_momentum,
+    ema_update,
+    embedding_std,
+    encode_views,
+    full_precision,
+    make_backbone,
+    mlp,
+)
 
 
 @dataclass
@@ -43,11 +54,15 @@ class BYOL(Method):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.register_buffer("tau", torch.tensor(cfg.momentum))
 
-    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        p1, p2 = self.predictor(self.projector(encode_views(self.backbone, views[:2]))).chunk(2)
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z = self.projector(encode_views(self.backbone, views[:2]))
+        p1, p2 = self.predictor(z).float().chunk(2)
         with torch.no_grad():
-            t1, t2 = self.target_projector(encode_views(self.target_backbone, views[:2])).chunk(2)
-        return (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2, {}
+            t1, t2 = self.target_projector(encode_views(self.target_backbone, views[:2])).float().chunk(2)
+        with full_precision(p1):
+            loss = (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2
+        return loss, {"z_std": embedding_std(z[:p1.shape[0]]),
+                                                                "target_std": embedding_std(t1)}
 
     @torch.no_grad()
     def on_after_step(self, progress: float) -> None:

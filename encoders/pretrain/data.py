@@ -39,13 +39,18 @@ class Manifest:
     seed: int = 0
     version: int = MANIFEST_VERSION
     extra: dict = field(default_factory=dict)
+    corrupt: str | None = None  # a corruption applied to every image before augmentation (corrupt.py)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def digest(self) -> str:
-        """sha256 of what decides the images (sources, items, labels), not of where the file was saved."""
-        body = json.dumps({"sources": self.sources, "items": self.items, "labels": self.labels}, sort_keys=True)
+        """sha256 of what decides the images (sources, items, labels, a corruption and its seed), not of
+        where the file was saved. A clean manifest hashes as it did before corruptions existed."""
+        decides: dict = {"sources": self.sources, "items": self.items, "labels": self.labels}
+        if self.corrupt:
+            decides.update(corrupt=self.corrupt, seed=self.seed)
+        body = json.dumps(decides, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
     def save(self, path: Path) -> None:
@@ -126,7 +131,8 @@ def limit_manifest(manifest: Manifest, limit: int, seed: int) -> Manifest:
         return manifest
     keep = sorted(np.random.default_rng([seed, 0x11A17]).permutation(len(manifest))[:limit].tolist())
     return Manifest(manifest.sources, [manifest.items[i] for i in keep], [manifest.labels[i] for i in keep],
-                    manifest.classes, manifest.variant, manifest.seed, extra={**manifest.extra, "limit": limit})
+                    manifest.classes, manifest.variant, manifest.seed, extra={**manifest.extra, "limit": limit},
+                    corrupt=manifest.corrupt)
 
 
 # ---- sources -----------------------------------------------------------------------------------------------
@@ -171,8 +177,12 @@ def combine(manifests: list[Manifest], seed: int) -> Manifest:
 
 
 def build_manifest(data: list[str], variant: str, seed: int, limit: int | None, resolution: int,
-                   synth_size: int = 2000) -> Manifest:
-    """``--data synth`` or one or more folders; the variant applies to a single source."""
+                   synth_size: int = 2000, corrupt: str | None = None) -> Manifest:
+    """``--data synth`` or one or more folders; the variant applies to a single source; ``corrupt``
+    (``jpeg:10``, ...) is checked and recorded, and ``ManifestImages`` applies it."""
+    from .corrupt import parse_corruption
+
+    corruption = parse_corruption(corrupt)
     if not data:
         raise UsageError("--data: give 'synth' or an image folder")
     data = [SYNTH if d == "synthetic" else d for d in data]  # the suite's one name, with its long alias
@@ -190,16 +200,23 @@ def build_manifest(data: list[str], variant: str, seed: int, limit: int | None, 
             manifest = folder_manifest(Path(data[0]))
         if variant != "full":
             manifest = subset(manifest, variant, seed)
-    return limit_manifest(manifest, limit, seed) if limit else manifest
+    manifest = limit_manifest(manifest, limit, seed) if limit else manifest
+    if corruption:
+        manifest.corrupt, manifest.seed = str(corruption), seed  # the seed also draws random corruptions
+    return manifest
 
 
 # ---- reading images ----------------------------------------------------------------------------------------
 
 class ManifestImages(Dataset):
-    """uint8 (H, W, 3) tensors at ``size`` x ``size`` (shorter side resized, centre crop) for every item."""
+    """uint8 (H, W, 3) tensors at ``size`` x ``size`` (shorter side resized, centre crop) for every item,
+    with the manifest's corruption applied (item i seeded by the manifest seed and i)."""
 
     def __init__(self, manifest: Manifest, size: int):
+        from .corrupt import corrupt_images, parse_corruption
+
         self.manifest, self.size = manifest, size
+        self.corruption = parse_corruption(manifest.corrupt)
         self._synth: np.ndarray | None = None
         synth = [i for i, s in enumerate(manifest.sources) if s["kind"] == SYNTH]
         if synth:
@@ -212,6 +229,7 @@ class ManifestImages(Dataset):
             self._synth = images[idx]
             if src_size != size:
                 self._synth = _resize_uint8(self._synth, size)
+            self._synth = corrupt_images(self._synth, self.corruption, manifest.seed)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -221,7 +239,12 @@ class ManifestImages(Dataset):
             return torch.from_numpy(self._synth[i])
         src, rel = self.manifest.items[i].split(":", 1)
         path = Path(self.manifest.sources[int(src)]["root"]) / rel
-        return _load_image(path, self.size)
+        image = _load_image(path, self.size)
+        if self.corruption is None:
+            return image
+        from .corrupt import image_rng
+
+        return torch.from_numpy(self.corruption.apply(image.numpy(), image_rng(self.manifest.seed, i)))
 
 
 def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:

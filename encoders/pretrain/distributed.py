@@ -82,7 +82,8 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def maybe_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
-    """SyncBN across ranks on GPUs (torch's SyncBatchNorm has no CPU kernel, so gloo runs keep local BN)."""
-    if world().size > 1 and device.type == "cuda":
+    """SyncBN across ranks on GPUs (torch's SyncBatchNorm has no CPU kernel, so gloo runs keep local BN);
+    not for a method that sets ``sync_bn = False`` (MoCo's shuffle-BN)."""
+    if world().size > 1 and device.type == "cuda" and getattr(model, "sync_bn", True):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

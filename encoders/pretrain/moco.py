@@ -1,7 +1,9 @@
 """MoCo v2 (Chen et al. 2020), with MoCo v1 (He et al. 2020) as its configuration.
 
 A query encoder learns by InfoNCE against one positive key (the other view, encoded by a momentum
-copy of the query encoder) and a queue of earlier keys as negatives.
+copy of the query encoder) and a queue of earlier keys as negatives. Shuffle-BN (shuffle_bn.py) is on
+by default, as in the paper's MoCo encoders: split BatchNorm with a shuffled key batch on one process,
+the cross-process shuffle under DDP.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, make_backbone, mlp
-from .distributed import gather_no_grad
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, full_precision, make_backbone, mlp
+from .distributed import gather_no_grad, world
+from .shuffle_bn import DEFAULT_SPLITS, convert_split_bn, shuffled_forward
 
 
 @dataclass
@@ -27,6 +30,9 @@ class MoCoConfig(MethodConfig):
     queue: int = 65536
     momentum: float = 0.999
     temperature: float = 0.2
+    head_bn: bool = False  # BatchNorm in the MLP head's hidden layer (as SimCLR's and MoCo v3's heads)
+    shuffle_bn: bool = True
+    bn_splits: int = 0  # BatchNorm sub-batches per process; 0: 8 on one process (the MoCo demo), 1 under DDP
     optim: OptimDefaults = field(default_factory=lambda: OptimDefaults("sgd", lr=0.03, weight_decay=1e-4,
                                                                       cosine=True))
 
@@ -54,7 +60,12 @@ class MoCo(Method):
         super().__init__()
         self.cfg = cfg
         self.backbone, width = make_backbone(arch, seed)
-        self.projector = mlp([width, width, cfg.dim], bn=False) if cfg.mlp else nn.Linear(width, cfg.dim)
+        self.projector = mlp([width, width, cfg.dim], bn=cfg.head_bn) if cfg.mlp else nn.Linear(width, cfg.dim)
+        if cfg.shuffle_bn:
+            self.sync_bn = False  # shuffle-BN replaces SyncBN: each process normalises its own shard
+            splits = cfg.bn_splits or (DEFAULT_SPLITS if world().size == 1 else 1)
+            convert_split_bn(self.backbone, splits)
+            convert_split_bn(self.projector, splits)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         gen = torch.Generator().manual_seed(seed)
@@ -78,15 +89,24 @@ class MoCo(Method):
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + n) % self.queue.shape[0])
 
-    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         im_q, im_k = views[0], views[1]
-        q = F.normalize(self.projector(self.backbone(im_q)), dim=1)
+        q = F.normalize(self.projector(self.backbone(im_q)).float(), dim=1)
         with torch.no_grad():
             # The key encoder moves before it encodes, as in the reference code.
             if self.training:
                 self._momentum_update()
-            k = F.normalize(self.key_projector(self.key_backbone(im_k)), dim=1)
-        loss = info_nce(q, k, self.queue.clone().detach(), self.cfg.temperature)
+            if self.cfg.shuffle_bn and self.training:
+                k = shuffled_forward(self._encode_key, im_k)
+            else:
+                k = self._encode_key(im_k)
+            queue = self.queue.clone().detach()
+            logs = {"pos": (q * k).sum(1).mean(), "neg": (q @ queue.mean(0)).mean(), "z_std": embedding_std(q)}
+        with full_precision(q):
+            loss = info_nce(q, k, queue, self.cfg.temperature)
         if self.training:
             self._enqueue(k)
-        return loss, {}
+        return loss, logs
+
+    def _encode_key(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, encode_views, make_backbone, mlp
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, encode_views, full_precision, make_backbone, mlp
 from .distributed import gather_with_grad, world
 
 
@@ -46,6 +46,8 @@ class SimCLR(Method):
         self.backbone, width = make_backbone(arch, seed)
         self.projector = mlp([width, width, cfg.dim], bn=True)
 
-    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = self.projector(encode_views(self.backbone, views[:2])).chunk(2)
-        return nt_xent(z1, z2, self.cfg.temperature), {}
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z1, z2 = self.projector(encode_views(self.backbone, views[:2])).float().chunk(2)
+        with full_precision(z1):
+            loss = nt_xent(z1, z2, self.cfg.temperature)
+        return loss, {"z_std": embedding_std(z1)}

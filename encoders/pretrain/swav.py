@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, encode_views, make_backbone, mlp
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, encode_views, full_precision, make_backbone, mlp
 from .distributed import all_reduce_sum, world
 
 
@@ -77,13 +77,23 @@ class SwAV(Method):
         local_len = max(0, cfg.queue // max(1, world().size))
         self.register_buffer("queue", torch.zeros(cfg.augment.global_crops, local_len, cfg.dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        # the prototypes as the previous step left them: a diagnostic of whether they move (not state)
+        self.register_buffer("_prototypes_before", self.prototypes.weight.detach().clone(), persistent=False)
 
-    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():  # prototypes live on the unit sphere
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        z = F.normalize(self.projector(encode_views(self.backbone, views)), dim=1)
+            moved = (self.prototypes.weight - self._prototypes_before).norm(dim=1).mean()
+            self._prototypes_before.copy_(self.prototypes.weight)
+        z = F.normalize(self.projector(encode_views(self.backbone, views)).float(), dim=1)
+        with full_precision(z):
+            loss, logs = self._swapped(z, views[0].shape[0], epoch)
+        logs["proto_step"] = moved
+        return loss, logs
+
+    def _swapped(self, z: torch.Tensor, bs: int, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Codes of the global crops (Sinkhorn, with the queue once it is full), then swapped prediction."""
         all_scores = self.prototypes(z)
-        bs = views[0].shape[0]
         scores = list(all_scores.split(bs))
         codes = []
         use_queue = self.training and self.queue.shape[1] > 0 and epoch >= self.cfg.queue_start_epoch
@@ -98,7 +108,11 @@ class SwAV(Method):
                 codes.append(sinkhorn(out, self.cfg.epsilon, self.cfg.sinkhorn_iters)[-bs:])
         if use_queue:
             self.queue_filled.add_(bs)
-        return swapped_prediction(scores, codes, self.cfg.temperature), {}
+        with torch.no_grad():
+            used = torch.cat([c.argmax(1) for c in codes]).unique().numel() / self.cfg.prototypes
+            logs = {"z_std": embedding_std(z[:bs]), "codes_used": torch.tensor(float(used)),
+                    "code_max": codes[0].max(1).values.mean()}
+        return swapped_prediction(scores, codes, self.cfg.temperature), logs
 
     def on_after_backward(self, epoch: int) -> None:
         if epoch < self.cfg.freeze_prototypes_epochs:

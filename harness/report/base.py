@@ -20,10 +20,8 @@ CATEGORY_ORDER: tuple[str, ...] = ("semantic image-level", "structural image-lev
                                    "structural pixelwise")
 
 
-META_FIELDS: tuple[str, ...] = ("method", "data", "size", "epochs", "balanced")
-
-
-GROUP_FIELDS: tuple[str, ...] = ("method", "data", "epochs", "balanced")
+META_FIELDS: tuple[str, ...] = ("method", "data", "size", "epochs", "balanced", "corruption")
+GROUP_FIELDS: tuple[str, ...] = ("method", "data", "epochs", "balanced", "corruption")
 
 
 ANOVA_FACTORS: tuple[str, ...] = ("method", "balanced", "size", "epochs")

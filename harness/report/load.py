@@ -37,6 +37,7 @@ def encoder_metadata(name: str, info: dict | None = None) -> dict[str, Any]:
     epochs = info.get("epochs")
     return {"method": method, "data": None if data in (None, "", "-", "unknown") else str(data),
             "size": info.get("size"), "epochs": epochs if _finite(epochs) else None, "balanced": info.get("balanced"),
+            "corruption": info.get("corruption"),
             "meta_source": info.get("meta_source", "record")}
 
 

@@ -172,6 +172,7 @@ def check_task(task: TaskSpec, data_root=None, sample: int | None = None) -> dic
             problems.append(f"{split}: {exc}")
             continue
         problems.extend(getattr(ds, "problems", []) or [])
+        doc["warnings"].extend(getattr(ds, "warnings", []) or [])  # a loader's notes, e.g. clips not downloaded
         n = len(ds)
         expected = task.layout.counts.get(split) if task.layout is not None else None
         entry: dict[str, Any] = {"n": n}

@@ -7,7 +7,8 @@ import torch
 
 from ..datasets.base import TaskDataset
 from ..registry import register_task
-from ..spec import DataRequest, OptimConfig, SplitSpec, TaskSpec
+from ..spec import DataRequest, OptimConfig, SplitSpec, TaskSpec, TransformSpec
+from ..transforms import TargetKind, apply_transform, target_kind, transform_seed
 from .render import SEG_CLASS_NAMES, SHAPE_NAMES
 from .store import DEFAULT_SEED, DEFAULT_SIZES, load_split
 from .world import ACTION_CLASSES, CLIP_FRAMES, EGOMOTION_ACTIONS, MAX_OBJECTS, MAX_STEPS
@@ -34,7 +35,10 @@ class SyntheticDataset(TaskDataset):
 
     def __init__(self, kind: str, image_field: str, target_field: str, split: str, n: int, size: int,
                  target_offset: int = 0, valid_field: str | None = None, seed: int = DEFAULT_SEED,
-                 valid_positive: bool = False):
+                 valid_positive: bool = False, transform: TransformSpec | None = None, target: TargetKind = "label",
+                 aug: tuple[int, int] | None = None):
+        """``transform``: the task's train or eval transform; ``aug`` = (run seed, augmented copy)
+        turns its random part on (train splits), None leaves it off."""
         fields = (image_field, target_field) + ((valid_field,) if valid_field else ())
         arrays = load_split(kind, split, n, size, seed, fields=fields)
         self.images = arrays[image_field]  # (N, [S,] H, W, 3) uint8
@@ -44,6 +48,9 @@ class SyntheticDataset(TaskDataset):
         self.valid = arrays[valid_field] if valid_field else None
         if valid_positive:  # e.g. depth: a pixel without a positive depth has no ground truth
             self.valid = self.targets > 0 if self.valid is None else (self.valid > 0) & (self.targets > 0)
+        identity = transform is None or (transform.resize is None and not (aug is not None and transform.random))
+        self.transform = None if identity else transform
+        self.target_kind, self.aug = target, aug
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,6 +67,9 @@ class SyntheticDataset(TaskDataset):
         sample = {"image": img, "target": tgt}
         if self.valid is not None:
             sample["valid"] = torch.from_numpy(self.valid[i].astype(bool))
+        if self.transform is not None:
+            seed = transform_seed(self.aug[0], self.aug[1], i) if self.aug is not None else None
+            sample = apply_transform(sample, self.transform, self.target_kind, seed)
         return sample
 
     def class_labels(self) -> np.ndarray | None:
@@ -79,15 +89,18 @@ def synthetic_builder(kind: str, image_field: str, target_field: str, target_off
                       sizes: dict[str, int] | None = None):
     """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU)."""
 
-    split_sizes = {**DEFAULT_SIZES[kind], **(sizes or {})}
+    def split_sizes() -> dict[str, int]:  # read when called: the suite's sizes are module settings
+        return {**DEFAULT_SIZES[kind], **(sizes or {})}
 
     def build(task: TaskSpec, req: DataRequest) -> SyntheticDataset:
-        n = split_sizes[req.split]
+        n = split_sizes()[req.split]
         if req.limit is not None and req.split == "train":
             n = min(n, req.limit)
         size = req.resolution or task.default_resolution
+        spec = task.train_transform if req.train else task.eval_transform
+        aug = (req.seed, req.aug_copy) if req.train and spec.random else None
         return SyntheticDataset(kind, image_field, target_field, req.split, n, size, target_offset, valid_field,
-                                valid_positive=valid_positive)
+                                valid_positive=valid_positive, transform=spec, target=target_kind(task), aug=aug)
 
     build.split_sizes = split_sizes  # the task record declares them (TaskSpec.split_sizes)
     return build
@@ -98,7 +111,7 @@ def _synthetic(**kw) -> TaskSpec:
         "suite": "synth", "default_resolution": DEFAULT_RESOLUTION, "splits": SplitSpec("train", "val", "test"),
         "optim": OptimConfig("adam", 3e-4), "batch_size": 64,
     }
-    kw.setdefault("extra", {"split_sizes": dict(kw["dataset"].split_sizes)})
+    kw.setdefault("extra", {"split_sizes": kw["dataset"].split_sizes})
     return register_task(TaskSpec(**{**defaults, **kw}))
 
 

@@ -1,5 +1,6 @@
 """Two gloo processes, each with half the batch, give the loss and gradients of one process on the whole
-batch (negatives gathered with gradient, Sinkhorn sums all-reduced, MoCo's queue filled in rank order)."""
+batch (negatives gathered with gradient, Sinkhorn sums all-reduced, MoCo's queue filled in rank order,
+MoCo's keys encoded as shards of a batch shuffled across the processes and put back in order)."""
 
 import os
 import socket
@@ -15,6 +16,7 @@ METHODS = {"mocov2": {"queue": "16", "dim": "8"}, "swav": {"prototypes": "10", "
                                                            "augment.local_crops": "2"},
            "simclr": {"dim": "8"}}
 BATCH = 4  # total; 2 per rank
+SHUFFLE_SEED = 123
 
 
 def _build(name):
@@ -49,12 +51,18 @@ def _worker(rank, port, out_dir):
         method = _build(name)
         ddp = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)  # noqa: deprecated name kept: rank-local buffers
         half = [v[rank * BATCH // 2:(rank + 1) * BATCH // 2] for v in _views(name)]
+        key_inputs = []
+        if name == "mocov2":  # the images the key encoder sees on this rank
+            method.key_backbone.conv1.register_forward_hook(
+                lambda mod, inp, out, seen=key_inputs: seen.append(inp[0].clone()))
+        torch.manual_seed(SHUFFLE_SEED)  # rank 0's permutation is broadcast
         loss, _ = ddp(half, 1)
         loss.backward()
         dist.all_reduce(loss := loss.detach().clone())
         results[name] = {"loss": loss / 2, "grad": method.backbone.conv1.weight.grad.clone()}
         if name == "mocov2":
             results[name]["queue"] = method.queue.clone()
+            results[name]["key_inputs"] = key_inputs[0]
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -78,3 +86,8 @@ def test_two_process_gloo_matches_one_process_on_the_concatenated_batch(tmp_path
         if name == "mocov2":
             torch.testing.assert_close(ranks[0][name]["queue"], method.queue)
             torch.testing.assert_close(ranks[1][name]["queue"], method.queue)
+            torch.manual_seed(SHUFFLE_SEED)
+            perm = torch.randperm(BATCH)
+            keys_in = _views(name)[1]
+            for r, res in enumerate(ranks):  # rank r encodes the r-th shard of the shuffled global batch
+                torch.testing.assert_close(res[name]["key_inputs"], keys_in[perm[r * BATCH // 2:(r + 1) * BATCH // 2]])

@@ -55,3 +55,59 @@ def test_training_forward_updates_queue_with_the_keys_and_loss_uses_the_old_queu
     from encoders.pretrain.moco import info_nce
 
     torch.testing.assert_close(loss, info_nce(q, k, old_queue, m.cfg.temperature))
+
+
+def test_shuffle_bn_normalises_the_keys_over_a_shuffled_split_and_unshuffles_them():
+    """One process: the key batch is permuted with torch's RNG, BN statistics come from sub-batches of the
+    permuted batch (positions j, j+s, ...), checked against a float64 hand computation; keys come back in order."""
+    from encoders.pretrain.shuffle_bn import SplitBatchNorm2d
+
+    m = MoCo(MoCoConfig(queue=8, momentum=0.9, dim=4, bn_splits=2), "resnet18", seed=0)
+    bn = m.key_backbone.bn1
+    assert isinstance(bn, SplitBatchNorm2d) and isinstance(m.backbone.layer1[0].bn2, SplitBatchNorm2d)
+    g = torch.Generator().manual_seed(3)
+    views = [torch.rand(4, 3, 32, 32, generator=g) for _ in range(2)]
+    seen = {}
+    bn.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach().clone(), y=out.detach().clone()))
+    old_mean, old_var = bn.running_mean.clone(), bn.running_var.clone()
+    torch.manual_seed(11)
+    perm = torch.randperm(4)
+    assert sorted(perm[0::2].tolist()) != [0, 2]  # the shuffled split differs from the unshuffled one
+    torch.manual_seed(11)
+    m(views, epoch=0)
+
+    with torch.no_grad():
+        torch.testing.assert_close(seen["x"], m.key_backbone.conv1(views[1][perm]))  # the permuted batch
+    x = seen["x"].double()
+    expected = torch.empty_like(x)
+    means, variances = [], []
+    for j in range(2):  # sub-batch j: positions j and j + 2 of the permuted batch
+        part = x[[j, j + 2]]
+        n = part.numel() / part.shape[1]
+        mean = part.sum((0, 2, 3)) / n
+        var = ((part - mean.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3)) / n
+        means.append(mean)
+        variances.append(var * n / (n - 1))
+        w, b = bn.weight.double().view(1, -1, 1, 1), bn.bias.double().view(1, -1, 1, 1)
+        expected[[j, j + 2]] = (part - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + bn.eps) * w + b
+    torch.testing.assert_close(seen["y"].double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.running_mean.double(), 0.9 * old_mean.double() + 0.1 * (means[0] + means[1]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var.double(),
+                               0.9 * old_var.double() + 0.1 * (variances[0] + variances[1]) / 2, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # train-mode BN output depends on the batch only: recompute the permuted keys
+        k = torch.nn.functional.normalize(m.key_projector(m.key_backbone(views[1][perm])), dim=1)
+    torch.testing.assert_close(m.queue[:4], k[torch.argsort(perm)])  # enqueued in the input order
+
+
+def test_split_bn_is_off_for_a_batch_it_cannot_split_and_keeps_state_dict_keys():
+    from encoders.pretrain.shuffle_bn import effective_splits
+
+    assert [effective_splits(b, 8) for b in (128, 12, 6, 3, 2)] == [8, 6, 3, 1, 1]
+    torch.manual_seed(0)
+    plain = MoCo(MoCoConfig(queue=8, dim=4, shuffle_bn=False), "resnet18", seed=0)
+    torch.manual_seed(0)
+    split = MoCo(MoCoConfig(queue=8, dim=4), "resnet18", seed=0)
+    assert plain.state_dict().keys() == split.state_dict().keys()
+    for a, b in zip(plain.state_dict().values(), split.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -98,3 +98,13 @@ def test_layout_lists_the_folder_and_counts(tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["folder"] == "cifar-100-python" and doc["counts"] == {"train": 50_000, "test": 10_000}
     assert doc["found"] is False and "meta" in doc["tree"]
+
+
+def test_a_broken_test_split_fails_before_any_encoding(tmp_path):
+    """The test split is listed (not read) before training: a missing label there costs seconds."""
+    write_cifar(tmp_path, drop_label="test")
+    cache = tmp_path / "cache"
+    proc = harness("eval", "--encoder", "resnet18", "--task", "cifar100_cls", "--data-root", str(tmp_path),
+                   "--out", str(tmp_path / "out"), "--device", "cpu", env={"HARNESS_CACHE": str(cache)})
+    assert proc.returncode == 1 and "test" in proc.stderr and "do not pair up" in proc.stderr
+    assert not list((cache / "features").rglob("*.h5")) if (cache / "features").exists() else True

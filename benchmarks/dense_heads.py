@@ -1,0 +1,177 @@
+"""Dense head training at the hardware's speed (issue: bf16 heads), measured side by side.
+
+1. Head step time, fp32 vs bf16 autocast, for the U-Net, Siamese U-Net and DeepLabv3+ on
+   ResNet-50 taps (random features of the right shapes; forward + backward + Adam step).
+2. The test metric on synth_depth and synth_seg with the same seeds in fp32 and in bf16, next to
+   the seed-to-seed spread in fp32 (does bf16 change results more than a seed does?).
+3. The dense overhead: `harness eval` wall time (fresh cache, --grid single) / a bare loop doing
+   the same work with nothing else: one encoder pass over train, val and test, the same number
+   of head steps, val passes and the test pass.
+
+Usage: python benchmarks/dense_heads.py [--resolution 128] [--batch 16] [--steps 6]
+       [--out benchmarks/results/dense_heads.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from encoders import create_encoder
+from encoders.resnet import build_resnet
+from harness.common.atomic import write_json
+from harness.common.paths import synthetic_dir
+from harness.features import loader
+from harness.runner import EvalOptions, _request, run_eval
+from harness.train import cpu_has_bf16, head_autocast, make_optimizer, predict
+from heads import HEADS
+from tasks import get_task
+from tasks.losses import get_loss
+
+
+class Target:
+    def __init__(self, name, outputs, frames, output="pixel", loss="l1"):
+        self.name, self.num_outputs, self.frames, self.output, self.loss = name, outputs, frames, output, loss
+
+
+def tap_features(batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
+    taps = {t.name: t for t in build_resnet("resnet50").taps}
+    out = {}
+    for name, tap in taps.items():
+        if tap.stride is None:
+            continue
+        s = math.ceil(res / tap.stride)
+        shape = (batch, frames, tap.channels, s, s) if frames > 1 else (batch, tap.channels, s, s)
+        out[name] = torch.randn(*shape).abs()
+    return out
+
+
+def head_step_ms(name: str, outputs: int, frames: int, precision: str, batch: int, res: int, steps: int) -> float:
+    taps = {t.name: t for t in build_resnet("resnet50").taps}
+    torch.manual_seed(0)
+    head = HEADS[name].build(taps, Target(name, outputs, frames))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-4, foreach=True)
+    x = tap_features(batch, res, frames)
+    y = torch.randn(batch, outputs, res, res)
+    device = torch.device("cpu")
+
+    def step():
+        with head_autocast(device, precision):
+            pred = head(x, size=(res, res))
+        loss = (pred.float() - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (oneDNN picks its kernels)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps * 1000
+
+
+def eval_record(task: str, precision: str, seed: int, out: Path, **kw) -> dict:
+    (rec,) = run_eval(EvalOptions(encoder="resnet18", tasks=[get_task(task)], out=out, device="cpu", seed=seed,
+                                  head_precision=precision, grid="single", force=True, **kw))
+    return rec
+
+
+def bare_dense(task_name: str, rec: dict, precision: str) -> float:
+    """The same work as the eval behind ``rec``, as a bare loop (no cache, no selection bookkeeping)."""
+    task = get_task(task_name)
+    device = torch.device("cpu")
+    opts = EvalOptions(encoder="resnet18", tasks=[task], device="cpu")
+    encoder = create_encoder("resnet18")
+    head_entry = HEADS[task.head]
+    taps = tuple(head_entry.taps(task))
+    bs = task.batch_size
+    splits = {}
+    t0 = time.perf_counter()
+    with torch.no_grad():  # one encoder pass over every split, features kept in memory
+        for name, split in (("train", task.splits.train), ("val", task.splits.val), ("test", task.splits.test)):
+            batches = []
+            for b in loader(task.dataset(task, _request(task, opts, split, name == "train")), bs, device):
+                batches.append((encoder(b["image"], taps), b["target"], b.get("valid")))
+            splits[name] = batches
+    torch.manual_seed(0)
+    head = head_entry.build(encoder.taps, task)
+    opt = make_optimizer(head.parameters(), task.optim)
+    loss_fn = get_loss(task)
+    for _ in range(rec["epochs"]):
+        head.train()
+        for x, y, valid in splits["train"]:
+            with head_autocast(device, precision):
+                pred = predict(head, x, y, task)
+            loss = loss_fn(pred.float(), y, valid, task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad(), head_autocast(device, precision):
+            for x, y, _ in splits["val"]:
+                predict(head, x, y, task)
+    with torch.no_grad(), head_autocast(device, precision):
+        for x, y, _ in splits["test"]:
+            predict(head, x, y, task)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_heads.json"))
+    args = ap.parse_args()
+    renders = synthetic_dir()
+    fresh = Path(tempfile.mkdtemp(prefix="harness-dense-"))
+    if renders.is_dir():
+        (fresh / "synthetic").symlink_to(renders.resolve(), target_is_directory=True)
+    os.environ["HARNESS_CACHE"] = str(fresh)
+    out: dict = {"machine": f"{os.cpu_count()} CPU(s), native bf16: {cpu_has_bf16()}, torch {torch.__version__}",
+                 "resolution": args.resolution, "batch": args.batch, "steps": {}}
+
+    for name, outputs, frames in (("unet", 1, 1), ("siamese_unet", 2, 2), ("deeplabv3plus", 19, 1)):
+        fp32 = head_step_ms(name, outputs, frames, "fp32", args.batch, args.resolution, args.steps)
+        bf16 = head_step_ms(name, outputs, frames, "bf16", args.batch, args.resolution, args.steps)
+        out["steps"][name] = {"fp32_ms": round(fp32, 1), "bf16_ms": round(bf16, 1), "speedup": round(fp32 / bf16, 2)}
+        print(f"{name:14s} step fp32 {fp32:8.1f} ms  bf16 {bf16:8.1f} ms  x{fp32 / bf16:.2f}", flush=True)
+
+    results = Path(tempfile.mkdtemp(prefix="harness-dense-results-"))
+    out["metrics"] = {}
+    for task in ("synth_depth", "synth_seg"):
+        rows = {p: [eval_record(task, p, s, results)["test"] for s in (0, 1)] for p in ("fp32", "bf16")}
+        spread = abs(rows["fp32"][0] - rows["fp32"][1])
+        diffs = [abs(a - b) for a, b in zip(rows["fp32"], rows["bf16"], strict=True)]
+        out["metrics"][task] = {"fp32": rows["fp32"], "bf16": rows["bf16"], "seed_spread_fp32": spread,
+                                "mean_abs_diff_bf16_vs_fp32": statistics.fmean(diffs),
+                                "within_seed_spread": statistics.fmean(diffs) <= spread}
+        print(f"{task}: fp32 {rows['fp32']} bf16 {rows['bf16']} (seed spread {spread:.4f})", flush=True)
+
+    out["overhead"] = {}
+    for task in ("synth_depth",):
+        for precision in ("fp32", "bf16"):
+            os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-dense-")  # a cold feature cache
+            if renders.is_dir():
+                (Path(os.environ["HARNESS_CACHE"]) / "synthetic").symlink_to(renders.resolve(),
+                                                                             target_is_directory=True)
+            t0 = time.perf_counter()
+            rec = eval_record(task, precision, 0, results)
+            wall = time.perf_counter() - t0
+            bare = bare_dense(task, rec, precision)
+            out["overhead"][f"{task}_{precision}"] = {"eval_s": round(wall, 2), "bare_s": round(bare, 2),
+                                                      "overhead": round(wall / bare, 3)}
+            print(f"{task} {precision}: eval {wall:.1f} s, bare {bare:.1f} s, overhead {wall / bare:.3f}", flush=True)
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Does each pretraining method learn? ``harness pretrain --preset small`` per method on the synthetic corpus,
+with the weighted kNN accuracy on the synth_shape_cls labels (synthetic train renders as the bank, val renders
+as queries) at initialisation and along the run, the per-epoch diagnostics (loss, spread of the normalised
+embedding, MoCo's positive / negative similarity, SwAV's prototype movement) and the wall time.
+
+Results merge into benchmarks/results/pretrain_learning.json (one entry per method; re-running a method
+replaces its entry) and the table between the markers in encoders/pretrain/README.md is rewritten.
+
+    PYTHONPATH=. python benchmarks/pretrain_learning.py                    # all five methods
+    PYTHONPATH=. python benchmarks/pretrain_learning.py --method mocov2    # one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from encoders.pretrain.presets import get_preset
+from encoders.pretrain.train import PretrainOptions, run_pretrain
+
+METHODS = ("simclr", "mocov2", "mocov1", "swav", "byol")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "pretrain_learning.json"
+README = ROOT / "encoders" / "pretrain" / "README.md"
+START, END = "<!-- pretrain_learning:start -->", "<!-- pretrain_learning:end -->"
+
+
+def run_one(method: str, args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    res = run_pretrain(PretrainOptions(method=method, preset="small", data=["synth"], out=args.runs,
+                                       knn_bank=args.knn_bank, knn_queries=args.knn_queries, seed=args.seed,
+                                       device="cpu", resume=not args.fresh))
+    wall = time.perf_counter() - t0
+    history = res["history"]
+    curve = [{"epoch": h["epoch"], "knn": round(h["knn"], 4)} for h in history if "knn" in h]
+    init, final = curve[0]["knn"], curve[-1]["knn"]
+    p = get_preset(method, "small")
+    return {"method": method, "preset": "small", "settings": p.settings, "note": p.note, "epochs": res["epochs"],
+            "images": res["images"], "batch_size": res["batch_size"], "lr": res["lr"],
+            "steps": res["epochs"] * (res["images"] // res["batch_size"]),
+            "knn_init": init, "knn_final": final, "knn_best": max(c["knn"] for c in curve),
+            "gain_points": round(100 * (final - init), 1), "knn_curve": curve,
+            "train_s": round(sum(h.get("seconds", 0.0) for h in history), 1), "wall_s": round(wall, 1),
+            "diagnostics": [{k: v for k, v in h.items() if k not in ("knn", "seconds", "images_per_s")}
+                            for h in history if "loss" in h],
+            "knn": {"bank": args.knn_bank, "queries": args.knn_queries, "k": 20, "labels": "synth shape_cls"},
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "checkpoint": res["checkpoint"], "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def table(results: dict) -> str:
+    rows = ["| method | recipe | kNN init -> final (best) | gain | kNN curve (every 5 epochs) | steps | train time |",
+            "|---|---|---|---|---|---|---|"]
+    for m in METHODS:
+        r = results.get(m)
+        if r is None:
+            continue
+        curve = ", ".join(f"{c['knn']:.3f}" for c in r["knn_curve"])
+        rows.append(f"| {m} | {r['note']}; lr {r['lr']:g} | {r['knn_init']:.3f} -> {r['knn_final']:.3f} "
+                    f"({r['knn_best']:.3f}) | {r['gain_points']:+.1f} | {curve} | {r['steps']} | "
+                    f"{r['train_s'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", action="append", choices=METHODS, help="repeatable; default: all")
+    ap.add_argument("--runs", type=Path, default=Path("runs/pretrain_learning"))
+    ap.add_argument("--knn-bank", type=int, default=2000)
+    ap.add_argument("--knn-queries", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="do not resume a run found in --runs")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-readme", action="store_true")
+    args = ap.parse_args()
+
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}}
+    for method in args.method or METHODS:
+        r = run_one(method, args)
+        doc["results"][method] = r
+        doc["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                          "note": "shared machine: other jobs ran at the same time, wall times are noisy"}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"{method}: knn {r['knn_init']:.3f} -> {r['knn_final']:.3f} ({r['gain_points']:+.1f} points), "
+              f"{r['train_s'] / 60:.1f} min training, {r['wall_s'] / 60:.1f} min wall", flush=True)
+    text = table(doc["results"])
+    print(text)
+    if not args.no_readme and README.exists():
+        readme = README.read_text()
+        if START in readme and END in readme:
+            head, rest = readme.split(START, 1)
+            README.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Oxford-IIIT Pets: ``oxford-iiit-pet/{images,annotations}``, as released.
+
+Two tasks read the release: ``pets_cls`` (37 breeds) and ``pets_instance_seg`` (the trimaps).
+
+The split lists ``annotations/{trainval,test}.txt`` hold one line per image, ``<stem> <class id>
+<species> <breed id>`` (class id 1..37, species 1 cat / 2 dog); lines that start with ``#`` are
+comments. The class id is the position of the breed in the release's alphabetical (case-blind)
+breed list, and the stem is ``<breed>_<n>``, so every line is checked against the list:
+a stem whose breed disagrees with its class id is a problem, not a silently wrong label.
+torchvision's OxfordIIITPet reads the same files, but it does not skip comment lines, derives the
+class names from what one split contains and never looks for the files; the lists are read here.
+Every image (``images/<stem>.jpg``) and trimap (``annotations/trimaps/<stem>.png``) is looked up
+in one ``os.scandir`` of its folder: a missing one is a problem naming it.
+
+Trimaps: 1 = pet, 2 = background, 3 = border (the unsure band along the outline). The border is
+IGNORED (target 255, ``ignore_index``): it takes no part in the loss or in the mIoU; the two
+classes are 0 = background and 1 = pet. The reference merged the border into the background
+(one sigmoid output); ignoring it is the usual choice, since the band is where the annotators
+marked the outline as unsure.
+
+Splits: the paper trains on trainval (3,680) and tests on test (3,669); there is no official
+validation split, so a seeded 10% is carved from trainval (stratified by breed for ``pets_cls``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.common.errors import HarnessError
+
+from ..registry import register_task
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
+from ..transforms import apply_transform
+from .base import (
+    IMAGE_SIZE,
+    FileClassification,
+    Problems,
+    TaskDataset,
+    apply_limit,
+    image_size,
+    list_names,
+    load_image,
+    require,
+    task_folder,
+)
+
+FOLDER = "oxford-iiit-pet"
+LAYOUT = DataLayout(
+    folder=FOLDER,
+    tree="""oxford-iiit-pet/
+  images/<stem>.jpg                 (7,349 listed images; <stem> = <breed>_<n>)
+  annotations/trainval.txt          (3,680 lines: <stem> <class 1..37> <species 1 cat, 2 dog> <breed id>)
+  annotations/test.txt              (3,669 lines, same format; lines starting with # are comments)
+  annotations/trimaps/<stem>.png    (1 pet, 2 background, 3 border; pets_instance_seg only)""",
+    url="https://www.robots.ox.ac.uk/~vgg/data/pets/ (images.tar.gz and annotations.tar.gz, extracted side by side)",
+    counts={"trainval": 3_680, "test": 3_669},
+    notes="val: 10% of trainval carved with the run's seed (no official one). pets_instance_seg ignores the "
+          "trimap border (3) in training and in the mIoU.",
+)
+
+# The release's 37 breeds, class id - 1 = index (alphabetical, case-blind; cats are capitalised).
+BREEDS: tuple[str, ...] = (
+    "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "Bengal", "Birman",
+    "Bombay", "boxer", "British_Shorthair", "chihuahua", "Egyptian_Mau", "english_cocker_spaniel", "english_setter",
+    "german_shorthaired", "great_pyrenees", "havanese", "japanese_chin", "keeshond", "leonberger", "Maine_Coon",
+    "miniature_pinscher", "newfoundland", "Persian", "pomeranian", "pug", "Ragdoll", "Russian_Blue", "saint_bernard",
+    "samoyed", "scottish_terrier", "shiba_inu", "Siamese", "Sphynx", "staffordshire_bull_terrier", "wheaten_terrier",
+    "yorkshire_terrier",
+)
+SEG_CLASSES: tuple[str, ...] = ("background", "pet")
+IGNORE = 255
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
+# trimap value -> training target: pet 1, background 0, border ignored; anything else is not a trimap value
+_TRIMAP_LUT = np.full(256, -1, dtype=np.int64)
+_TRIMAP_LUT[[TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER]] = [1, 0, IGNORE]
+
+
+def read_split_list(path: Path, problems: Problems) -> list[tuple[str, int]]:
+    """(stem, class index 0..36) per line of a split list; malformed lines are problems naming the line."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"{path}: cannot be read ({exc})") from None
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        parts = s.split()
+        where = f"{path}:{n}"
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+            problems.add(where, f"expected '<stem> <class 1..37> <species 1|2> <breed id>', read {s!r}")
+            continue
+        stem, cls = parts[0], int(parts[1])
+        if not 1 <= cls <= len(BREEDS):
+            problems.add(where, f"class id {cls} of {stem} is outside 1..{len(BREEDS)}")
+            continue
+        breed = stem.rsplit("_", 1)[0]
+        if breed != BREEDS[cls - 1]:
+            problems.add(where, f"{stem} has class id {cls} ({BREEDS[cls - 1]}), but its name says {breed}")
+            continue
+        if stem in seen:
+            problems.add(where, f"{stem} is listed twice")
+            continue
+        seen.add(stem)
+        out.append((stem, cls - 1))
+    return out
+
+
+def _listing(task: TaskSpec, req: DataRequest, trimaps: bool) -> tuple[Path, list[tuple[str, int]], Problems]:
+    """The split's (stem, class) whose image (and trimap) exist; the others are problems."""
+    root = task_folder(task, req)
+    if req.split not in ("trainval", "test"):
+        raise HarnessError(f"task {task.name}: unknown split {req.split!r} (the release has trainval and test)")
+    problems = Problems(task.name, req.strict)
+    lst = require(root / "annotations" / f"{req.split}.txt", task.name, "the split list")
+    images_dir = require(root / "images", task.name, "the images folder")
+    entries = read_split_list(lst, problems)
+    images = list_names(images_dir)
+    trimap_dir = root / "annotations" / "trimaps"
+    if trimaps:
+        require(trimap_dir, task.name, "the trimaps folder")
+    masks = list_names(trimap_dir) if trimaps else set()
+    kept = []
+    for stem, cls in entries:
+        ok = True
+        if f"{stem}.jpg" not in images:
+            problems.add(images_dir / f"{stem}.jpg", f"missing (listed in {lst.name})")
+            ok = False
+        if trimaps and f"{stem}.png" not in masks:
+            problems.add(trimap_dir / f"{stem}.png", f"missing: no trimap for {stem} (listed in {lst.name})")
+            ok = False
+        if ok:
+            kept.append((stem, cls))
+    problems.raise_if_any()
+    return root, apply_limit(kept, req), problems
+
+
+def build_cls(task: TaskSpec, req: DataRequest) -> FileClassification:
+    root, items, problems = _listing(task, req, trimaps=False)
+    return FileClassification([(root / "images" / f"{s}.jpg", c) for s, c in items], image_size(task, req), problems)
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+def read_trimap(path: Path) -> np.ndarray:
+    """The trimap's target at native size: (H, W) int64, 0 background, 1 pet, 255 border (ignored)."""
+    try:
+        with Image.open(path) as img:
+            raw = np.asarray(img)  # "L" or "P": the stored values (a palette index is the value)
+    except OSError as exc:
+        raise HarnessError(f"{path}: not a readable trimap PNG ({exc})") from None
+    if raw.ndim == 3:
+        raw = raw[..., 0]
+    target = _TRIMAP_LUT[raw.astype(np.uint8)]
+    bad = target < 0
+    if bad.any():
+        raise HarnessError(f"{path}: value {int(raw[bad][0])} is not a trimap value (1 pet, 2 background, 3 border)")
+    return target
+
+
+def transform_for(task: TaskSpec, req: DataRequest) -> TransformSpec:
+    """The task's train or eval transform; ``--resolution R`` resizes to R x R."""
+    spec = task.train_transform if req.train else task.eval_transform
+    if req.resolution:
+        spec = dataclasses.replace(spec, resize=(req.resolution, req.resolution))
+    return spec
+
+
+def sample_seed(req: DataRequest, i: int) -> int | None:
+    """One seed per (run seed, augmented copy, sample) in training; None (no random draw) otherwise."""
+    if not req.train:
+        return None
+    return int(np.random.SeedSequence([req.seed, req.aug_copy, i]).generate_state(1)[0])
+
+
+class PetsSegSplit(TaskDataset):
+    """Image + trimap target; decoded at native size, then sized by ``apply_transform`` (class map:
+    nearest, so the border's 255 never blends into a class)."""
+
+    decodes_files = True
+
+    def __init__(self, images: list[Path], trimaps: list[Path], transform: TransformSpec, req: DataRequest,
+                 problems: Problems):
+        self.images, self.trimaps = images, trimaps
+        self.transform, self.req = transform, req
+        self.problems = problems.items
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def native_target(self, i: int) -> tuple[np.ndarray, None]:
+        return read_trimap(self.trimaps[i]), None
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = load_image(self.images[i], None)
+        target = read_trimap(self.trimaps[i])
+        if tuple(image.shape[-2:]) != target.shape:
+            raise HarnessError(f"{self.trimaps[i]}: trimap is {target.shape[1]} x {target.shape[0]} but its image "
+                               f"is {image.shape[2]} x {image.shape[1]}")
+        sample = {"image": image, "target": torch.from_numpy(target)}
+        return apply_transform(sample, self.transform, "class_map", sample_seed(self.req, i))
+
+
+def build_seg(task: TaskSpec, req: DataRequest) -> PetsSegSplit:
+    root, items, problems = _listing(task, req, trimaps=True)
+    return PetsSegSplit([root / "images" / f"{s}.jpg" for s, _ in items],
+                        [root / "annotations" / "trimaps" / f"{s}.png" for s, _ in items],
+                        transform_for(task, req), req, problems)
+
+
+_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
+
+PETS_CLS = register_task(TaskSpec(
+    name="pets_cls", paper_name="Pets Cls.", output="image", nature="semantic", head="linear", loss="ce",
+    metric="top1", dataset=build_cls, num_outputs=len(BREEDS), class_names=BREEDS, epochs=500, suite="paper",
+    train_size=3_680, splits=SplitSpec("trainval", None, "test", val_fraction=0.1),
+    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+    description="37 cat and dog breeds; resized to 224 x 224 without keeping the aspect ratio (as the reference)",
+))
+
+PETS_INSTANCE_SEG = register_task(TaskSpec(
+    name="pets_instance_seg", paper_name="Pets Instance Seg.", output="pixel", nature="semantic",
+    head="deeplabv3plus", loss="pixel_ce", metric="miou", dataset=build_seg, num_outputs=len(SEG_CLASSES),
+    ignore_index=IGNORE, class_names=SEG_CLASSES, epochs=100, batch_size=32, suite="paper", train_size=3_680,
+    splits=SplitSpec("trainval", None, "test", val_fraction=0.1),
+    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+    description="pet vs background from the trimaps, border ignored (255); image and trimap resized to 224 x 224 "
+                "(trimap by nearest neighbour)",
+))

@@ -1,0 +1,74 @@
+"""``--preset small``: every method runs 2 steps with it; options and --set win over the preset; a corrupted
+run's checkpoint carries the corruption to `harness encoders` and to the report's encoder metadata."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoders.pretrain import METHODS
+from encoders.pretrain.presets import PRESETS, get_preset
+from encoders.pretrain.train import PretrainOptions, _apply_preset, run_pretrain
+from harness.common.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"limit": 64, "batch_size": 32, "epochs": 1, "resolution": 32, "knn_every": 0}
+
+
+def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
+    assert set(PRESETS["small"]) == set(METHODS)
+    torch.set_num_threads(2)
+    for method in METHODS:
+        res = run_pretrain(PretrainOptions(method=method, preset="small", out=tmp_path, device="cpu", **TINY))
+        assert res["preset"] == "small" and res["batch_size"] == 32 and res["images"] == 64
+        steps = [h for h in res["history"] if "loss" in h]
+        assert len(steps) == 1 and torch.isfinite(torch.tensor(steps[0]["loss"]))
+        assert 0 <= steps[0]["z_std"] <= 1  # the collapse diagnostic is logged for every method
+        ckpt = torch.load(res["checkpoint"], weights_only=True)
+        assert ckpt["meta"]["preset"] == "small" and ckpt["meta"]["corrupt"] == "none"
+
+
+def test_explicit_options_and_set_override_the_preset():
+    p = get_preset("mocov2", "small")
+    o = _apply_preset(PretrainOptions(method="mocov2", preset="small", epochs=3, overrides={"queue": "512"}))
+    assert o.epochs == 3 and o.batch_size == p.batch_size and o.lr == p.lr and o.limit == p.limit
+    assert o.overrides["queue"] == "512" and o.overrides["momentum"] == p.settings["momentum"]
+    assert o.knn_every == p.knn_every and o.amp is True
+    plain = _apply_preset(PretrainOptions(method="mocov2"))
+    assert plain.epochs is None and plain.overrides == {} and plain.knn_every == 1
+    with pytest.raises(UsageError, match="known presets"):
+        get_preset("mocov2", "huge")
+
+
+def test_corrupted_run_reaches_manifest_checkpoint_encoders_and_report(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    args = [sys.executable, "-m", "harness", "pretrain", "--method", "simclr", "--preset", "small", "--data", "synth",
+            "--limit", "32", "--batch-size", "16", "--epochs", "1", "--resolution", "32", "--knn-every", "0",
+            "--corrupt", "jpeg:10", "--out", str(tmp_path), "--name", "jpeg_run", "--json"]
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["corrupt"] == "jpeg:10"
+    assert json.loads((tmp_path / "jpeg_run" / "manifest.json").read_text())["corrupt"] == "jpeg:10"
+    assert torch.load(out["checkpoint"], weights_only=True)["meta"]["corrupt"] == "jpeg:10"
+
+    from encoders.registry import create_encoder, list_encoders
+    from harness.report import encoder_metadata
+
+    row = next(r for r in list_encoders() if r["name"] == "jpeg_run")
+    assert row["corrupt"] == "jpeg:10"
+    info = create_encoder(out["checkpoint"]).info.__dict__  # what a result record stores as encoder_info
+    assert encoder_metadata("jpeg_run", json.loads(json.dumps(info, default=str)))["corruption"] == "jpeg:10"
+    from dataclasses import asdict
+
+    from encoders.catalog import CATALOG
+
+    assert encoder_metadata("mocov2_in200", asdict(CATALOG["mocov2_in200"].info))["corruption"] == "none"
+
+    bad = subprocess.run([*args[:-5], "--corrupt", "jpeg:0", "--out", str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--corrupt" in bad.stderr and "Traceback" not in bad.stderr
