@@ -104,10 +104,10 @@ def cpu_threads_for(head: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def predict(head: nn.Module, x: dict[str, torch.Tensor], target: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Pixelwise heads are told the target's size: upsampling to it (odd sizes too) is the head's job."""
-    if task.output == "pixel":
-        return head(x, size=tuple(target.shape[-2:])).float()
-    return head(x).float()
+    """Pixelwise heads are told the target's size: upsampling to it (odd sizes too) is the head's job.
+    Predictions are in the target's units (a head's output times the task's ``output_scale``)."""
+    out = head(x, size=tuple(target.shape[-2:])) if task.output == "pixel" else head(x)
+    return out.float() * task.output_scale if task.output_scale != 1.0 else out.float()
 
 
 CPU_BATCH_BYTES = 2 << 30  # transient memory one batch may take on the CPU (encode or evaluate)

@@ -128,6 +128,9 @@ class TaskSpec:
     dataset: DatasetBuilder
     num_outputs: int  # classes, or regression channels (1 depth, 2 flow)
     frames: int = 1
+    # regression heads predict target / output_scale (their output is multiplied by it): large-valued targets
+    # such as flow in pixels are learnt at unit scale, as FlowNet and PWC-Net divide flow by 20
+    output_scale: float = 1.0
     ignore_index: int | None = None
     class_names: tuple[str, ...] = ()
     epochs: int = 100

@@ -52,6 +52,8 @@ def test_auto_precision():
     small = HEADS["linear"].build(TAPS, Target(10, 1))
     dense = HEADS["unet"].build(TAPS, Target(1, 1))
     assert resolve_head_precision("auto", cpu, small) == "fp32"  # the casts cost more than they save
+    # small heads stay fp32 on a GPU too: the stacked engine trains their whole grid at once in fp32
+    assert resolve_head_precision("auto", torch.device("cuda"), small) == "fp32"
     assert resolve_head_precision("auto", cpu, dense) == ("bf16" if cpu_has_bf16() else "fp32")
     assert resolve_head_precision("fp16", cpu, dense) == "fp16"
     with pytest.raises(ValueError):

@@ -107,7 +107,6 @@ def test_a_deleted_frame_is_a_problem_naming_it_and_moves_no_pair(tmp_path):
     assert len(lines) == 1 and str(gone) in lines[0]
 
 
-@pytest.mark.xfail(reason="variable-size batching: pix-core", strict=False)
 def test_eval_at_native_size_with_pairs_of_two_sizes(tmp_path):
     write_kitti(tmp_path, sizes=[(H, W) if i % 2 else (H + 4, W - 8) for i in range(N)])
     proc = harness("eval", "--encoder", "resnet18", "--task", "kitti_flow", "--data-root", str(tmp_path),
