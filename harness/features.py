@@ -47,9 +47,6 @@ from .train import batch_memory_budget
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, "torch.Tensor | None"]
 
-# Kept under this name for callers that build in-memory features directly.
-Features = MemoryFeatures
-
 
 @dataclass
 class EncodeSettings:
