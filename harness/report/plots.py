@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -146,44 +146,44 @@ def _curve_label(encoder: str, probe: str, probes: int) -> str:
     return encoder if probes == 1 else f"{encoder} ({probe})"
 
 
-def plot_tap_curve(outcome: Outcome, opts: ReportOptions):
-    """One panel per task: the score at each tap (by depth), one line per encoder (and probe)."""
-    t = outcome.tables["taps"]
+def _task_curves(t, axis: Callable, xlabel: str):
+    """One panel per task, one line per encoder (and probe) of score against x. ``axis(ax, sel)``
+    sets the panel's x axis up and returns grp -> (xs, ys) for the lines."""
     tasks = list(dict.fromkeys(t["task"]))
     fig, axes = _panels(tasks)
     n_probes = t["probe"].nunique()
     colors = _colors(t["encoder"] + "|" + t["probe"])
     for ax, task in zip(axes, tasks, strict=False):
         sel = t[t["task"] == task]
-        order = sel.sort_values(["tap_index", "tap"]).drop_duplicates("tap")["tap"].tolist()
-        x = {tap: i for i, tap in enumerate(order)}
+        points = axis(ax, sel)
         for (enc, probe), grp in sel.groupby(["encoder", "probe"], sort=True):
-            ax.plot([x[v] for v in grp["tap"]], grp["score"], marker="o", color=colors[f"{enc}|{probe}"],
-                    label=_curve_label(enc, probe, n_probes))
-        ax.set_xticks(range(len(order)), order, rotation=30, fontsize="small")
+            ax.plot(*points(grp), marker="o", color=colors[f"{enc}|{probe}"], label=_curve_label(enc, probe, n_probes))
         ax.set_title(task, fontsize="small")
-        ax.set_xlabel("tap (shallow to deep)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("score")
         ax.legend(fontsize="x-small")
     return fig
+
+
+def plot_tap_curve(outcome: Outcome, opts: ReportOptions):
+    """One panel per task: the score at each tap (by depth), one line per encoder (and probe)."""
+    def axis(ax, sel):
+        order = sel.sort_values(["tap_index", "tap"]).drop_duplicates("tap")["tap"].tolist()
+        x = {tap: i for i, tap in enumerate(order)}
+        ax.set_xticks(range(len(order)), order, rotation=30, fontsize="small")
+        return lambda grp: ([x[v] for v in grp["tap"]], grp["score"])
+
+    return _task_curves(outcome.tables["taps"], axis, "tap (shallow to deep)")
 
 
 def plot_fraction_curve(outcome: Outcome, opts: ReportOptions):
     """One panel per task: the score against the fraction of the train split used (log scale)."""
-    t = outcome.tables["fractions"]
-    tasks = list(dict.fromkeys(t["task"]))
-    fig, axes = _panels(tasks)
-    n_probes = t["probe"].nunique()
-    colors = _colors(t["encoder"] + "|" + t["probe"])
-    for ax, task in zip(axes, tasks, strict=False):
-        sel = t[t["task"] == task]
-        for (enc, probe), grp in sel.groupby(["encoder", "probe"], sort=True):
-            grp = grp.sort_values("fraction")
-            ax.plot(grp["fraction"], grp["score"], marker="o", color=colors[f"{enc}|{probe}"],
-                    label=_curve_label(enc, probe, n_probes))
+    def axis(ax, sel):
         ax.set_xscale("log")
-        ax.set_title(task, fontsize="small")
-        ax.set_xlabel("fraction of the train split (labels) used")
-        ax.set_ylabel("score")
-        ax.legend(fontsize="x-small")
-    return fig
+
+        def points(grp):
+            grp = grp.sort_values("fraction")
+            return grp["fraction"], grp["score"]
+        return points
+
+    return _task_curves(outcome.tables["fractions"], axis, "fraction of the train split (labels) used")
