@@ -186,6 +186,10 @@ def fit(head: nn.Module, train: list, val, task: TaskSpec, cfg: OptimConfig, epo
     batch_size = batch_size or task.batch_size
     loss_fn = get_loss(task)
     head.to(device)
+    if task.output == "pixel" and precision != "fp32":
+        # Measured (benchmarks/dense_heads.py): channels_last weights make the bf16 U-Net step about 1.3x
+        # faster on the CPU (activations follow the weights' layout); in fp32 it was a wash, so fp32 keeps its own.
+        head.to(memory_format=torch.channels_last)
     opt = make_optimizer([p for p in head.parameters() if p.requires_grad], cfg)
     sched = make_scheduler(opt, cfg, epochs)
     gen = torch.Generator().manual_seed(seed)
