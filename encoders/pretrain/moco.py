@@ -31,6 +31,8 @@ class MoCoConfig(MethodConfig):
     momentum: float = 0.999
     temperature: float = 0.2
     head_bn: bool = False  # BatchNorm in the MLP head's hidden layer (as SimCLR's and MoCo v3's heads)
+    last_bn: bool = False  # BatchNorm without affine on the head's output (MoCo v3's projector): centred embeddings
+    symmetric: bool = False  # loss of both view orders, both keys enqueued (the MoCo authors' CIFAR demo)
     shuffle_bn: bool = True
     bn_splits: int = 0  # BatchNorm sub-batches per process; 0: 8 on one process (the MoCo demo), 1 under DDP
     optim: OptimDefaults = field(default_factory=lambda: OptimDefaults("sgd", lr=0.03, weight_decay=1e-4,
@@ -60,7 +62,12 @@ class MoCo(Method):
         super().__init__()
         self.cfg = cfg
         self.backbone, width = make_backbone(arch, seed)
-        self.projector = mlp([width, width, cfg.dim], bn=cfg.head_bn) if cfg.mlp else nn.Linear(width, cfg.dim)
+        if cfg.mlp:
+            self.projector = mlp([width, width, cfg.dim], bn=cfg.head_bn, last_bn=cfg.last_bn)
+        elif cfg.last_bn:
+            self.projector = mlp([width, cfg.dim], bn=False, last_bn=True)
+        else:
+            self.projector = nn.Linear(width, cfg.dim)  # MoCo v1 (state dict keys as before)
         if cfg.shuffle_bn:
             self.sync_bn = False  # shuffle-BN replaces SyncBN: each process normalises its own shard
             splits = cfg.bn_splits or (DEFAULT_SPLITS if world().size == 1 else 1)
@@ -90,23 +97,28 @@ class MoCo(Method):
         self.queue_ptr.fill_((ptr + n) % self.queue.shape[0])
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        im_q, im_k = views[0], views[1]
-        q = F.normalize(self.projector(self.backbone(im_q)).float(), dim=1)
+        pairs = [(views[0], views[1]), (views[1], views[0])] if self.cfg.symmetric else [(views[0], views[1])]
         with torch.no_grad():
             # The key encoder moves before it encodes, as in the reference code.
             if self.training:
                 self._momentum_update()
-            if self.cfg.shuffle_bn and self.training:
-                k = shuffled_forward(self._encode_key, im_k)
-            else:
-                k = self._encode_key(im_k)
             queue = self.queue.clone().detach()
-            logs = {"pos": (q * k).sum(1).mean(), "neg": (q @ queue.mean(0)).mean(), "z_std": embedding_std(q)}
-        with full_precision(q):
-            loss = info_nce(q, k, queue, self.cfg.temperature)
+        losses, keys, logs = [], [], {}
+        for im_q, im_k in pairs:
+            q = F.normalize(self.projector(self.backbone(im_q)).float(), dim=1)
+            with torch.no_grad():
+                if self.cfg.shuffle_bn and self.training:
+                    k = shuffled_forward(self._encode_key, im_k)
+                else:
+                    k = self._encode_key(im_k)
+                if not logs:
+                    logs = {"pos": (q * k).sum(1).mean(), "neg": (q @ queue.mean(0)).mean(), "z_std": embedding_std(q)}
+            with full_precision(q):
+                losses.append(info_nce(q, k, queue, self.cfg.temperature))
+            keys.append(k)
         if self.training:
-            self._enqueue(k)
-        return loss, logs
+            self._enqueue(torch.cat(keys))
+        return sum(losses) / len(losses), logs
 
     def _encode_key(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)

@@ -57,6 +57,40 @@ def test_training_forward_updates_queue_with_the_keys_and_loss_uses_the_old_queu
     torch.testing.assert_close(loss, info_nce(q, k, old_queue, m.cfg.temperature))
 
 
+
+def test_symmetric_loss_averages_both_view_orders_and_enqueues_both_keys():
+    torch.manual_seed(0)
+    m = MoCo(MoCoConfig(queue=8, momentum=0.9, dim=4, symmetric=True, shuffle_bn=False), "resnet18", seed=0)
+    for mod in m.modules():  # BN in eval: the encodings can be recomputed identically
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+    g = torch.Generator().manual_seed(1)
+    views = [torch.rand(2, 3, 32, 32, generator=g) for _ in range(2)]
+    old_queue = m.queue.clone()
+    loss, _ = m(views, epoch=0)
+    from encoders.pretrain.moco import info_nce
+
+    with torch.no_grad():
+        def enc(net, proj, x):
+            return torch.nn.functional.normalize(proj(net(x)), dim=1)
+
+        q1, q2 = enc(m.backbone, m.projector, views[0]), enc(m.backbone, m.projector, views[1])
+        k1, k2 = enc(m.key_backbone, m.key_projector, views[0]), enc(m.key_backbone, m.key_projector, views[1])
+    expected = (info_nce(q1, k2, old_queue, m.cfg.temperature) + info_nce(q2, k1, old_queue, m.cfg.temperature)) / 2
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(m.queue[:4], torch.cat([k2, k1]))  # the keys of both orders, in order
+    assert int(m.queue_ptr) == 4
+
+
+def test_last_bn_centres_the_embedding_over_the_batch():
+    torch.manual_seed(0)
+    m = MoCo(MoCoConfig(queue=8, dim=8, head_bn=True, last_bn=True, shuffle_bn=False), "resnet18", seed=0)
+    z = m.projector(m.backbone(torch.rand(16, 3, 32, 32)))
+    # BatchNorm without affine on the output: every dimension has zero mean and unit variance over the batch
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(8), atol=1e-2, rtol=0)
+    assert isinstance(m.projector[-1], torch.nn.BatchNorm1d) and m.projector[-1].weight is None
+
 def test_shuffle_bn_normalises_the_keys_over_a_shuffled_split_and_unshuffles_them():
     """One process: the key batch is permuted with torch's RNG, BN statistics come from sub-batches of the
     permuted batch (positions j, j+s, ...), checked against a float64 hand computation; keys come back in order."""
