@@ -37,13 +37,16 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     res = run_pretrain(PretrainOptions(method=method, preset="small", data=["synth"], out=args.runs,
                                        knn_bank=args.knn_bank, knn_queries=args.knn_queries, seed=args.seed,
-                                       device="cpu", resume=not args.fresh))
+                                       device="cpu", resume=not args.fresh, lr=args.lr,
+                                       overrides=dict(kv.split("=", 1) for kv in args.set)))
     wall = time.perf_counter() - t0
     history = res["history"]
     curve = [{"epoch": h["epoch"], "knn": round(h["knn"], 4)} for h in history if "knn" in h]
     init, final = curve[0]["knn"], curve[-1]["knn"]
     p = get_preset(method, "small")
-    return {"method": method, "preset": "small", "settings": p.settings, "note": p.note, "epochs": res["epochs"],
+    extra = "".join(f", {kv}" for kv in args.set) + (f", lr {args.lr:g} (option)" if args.lr else "")
+    return {"method": method, "preset": "small", "settings": {**p.settings, **dict(kv.split("=", 1) for kv in args.set)},
+            "overrides": args.set, "note": p.note + extra, "epochs": res["epochs"],
             "images": res["images"], "batch_size": res["batch_size"], "lr": res["lr"],
             "steps": res["epochs"] * (res["images"] // res["batch_size"]),
             "knn_init": init, "knn_final": final, "knn_best": max(c["knn"] for c in curve),
@@ -77,6 +80,9 @@ def main() -> None:
     ap.add_argument("--knn-bank", type=int, default=2000)
     ap.add_argument("--knn-queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset setting (recorded in the entry; for trying variants)")
+    ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--fresh", action="store_true", help="do not resume a run found in --runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-readme", action="store_true")

@@ -3,7 +3,9 @@
 The published ImageNet settings stay every method's default. ``small`` is the CPU-scale recipe per method
 (ResNet-18, 64 px, 4,000 synthetic renders, batch 128, 30 epochs, bf16 autocast). Only SimCLR's has been
 measured to learn so far; the others are starting points whose learning is still to be measured with
-``benchmarks/pretrain_learning.py`` (README.md says what was measured). Explicit options (``--epochs``, ``--lr``, ...)
+``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue
+longer than the 4,000-image corpus divided by the batch's share keeps each image's own key from the previous
+epoch among its negatives (a queue of 4,096 covers the whole corpus). Explicit options (``--epochs``, ``--lr``, ...)
 and ``--set KEY=VALUE`` override a preset.
 """
 
@@ -36,11 +38,11 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "small": {
         "simclr": Preset({**_SGD, **_SMALL_AUG, "temperature": "0.2"}, lr=0.5, **_SMALL_DATA,
                          note="SGD 0.5 instead of LARS 0.15, T 0.2, MoCo v2 crops and jitter"),
-        "mocov2": Preset({**_SGD, **_SMALL_AUG, "queue": "4096", "momentum": "0.99", "temperature": "0.2",
+        "mocov2": Preset({**_SGD, **_SMALL_AUG, "queue": "512", "momentum": "0.99", "temperature": "0.2",
                           "head_bn": "true"},
                          lr=0.06, **_SMALL_DATA,
-                         note="queue 4,096, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 8 split sub-batches"),
-        "mocov1": Preset({**_SGD, "queue": "4096", "momentum": "0.99", "temperature": "0.2"},
+                         note="queue 512, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 8 split sub-batches"),
+        "mocov1": Preset({**_SGD, "queue": "512", "momentum": "0.99", "temperature": "0.2"},
                          lr=0.06, **_SMALL_DATA, note="as mocov2 small with v1's linear head and augmentation"),
         "swav": Preset({**_SGD, **_SMALL_AUG, "prototypes": "100", "hidden": "512", "queue": "1024",
                         "queue_start_epoch": "5", "freeze_prototypes_epochs": "1", "augment.local_crops": "4",
