@@ -3,9 +3,9 @@
 The published ImageNet settings stay every method's default. ``small`` is the CPU-scale recipe per method
 (ResNet-18, 64 px, 4,000 synthetic renders, batch 128, 30 epochs, bf16 autocast). Only SimCLR's has been
 measured to learn so far; the others are starting points whose learning is still to be measured with
-``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue
-longer than the 4,000-image corpus divided by the batch's share keeps each image's own key from the previous
-epoch among its negatives (a queue of 4,096 covers the whole corpus). Explicit options (``--epochs``, ``--lr``, ...)
+``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue of
+4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its negatives.
+``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train in float32. Explicit options (``--epochs``, ``--lr``, ...)
 and ``--set KEY=VALUE`` override a preset.
 """
 
@@ -24,7 +24,7 @@ class Preset:
     lr: float | None = None  # absolute learning rate (not scaled with the batch)
     limit: int | None = None  # training images
     knn_every: int | None = None
-    amp: bool | None = None  # mixed precision; bfloat16 on CPUs (about 5x faster with AMX)
+    amp: bool | None = None  # bf16 autocast where fast (CUDA, AMX / AVX512-BF16 CPUs: about 5x); else float32
     note: str = ""
 
 

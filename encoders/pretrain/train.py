@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -157,6 +158,20 @@ def _run_name(o: PretrainOptions, manifest: Manifest, epochs: int) -> str:
     return o.name or f"{o.method}_{o.arch}_{manifest.describe()}{tag}_{len(manifest)}img_{epochs}ep_s{o.seed}"
 
 
+def fast_mixed_precision(device: torch.device) -> bool:
+    """Whether autocast speeds training up on ``device``: CUDA, or a CPU with bfloat16 units (AMX, AVX512-BF16).
+
+    Without them oneDNN emulates bfloat16: on an AVX2-only AMD EPYC a ResNet-18 forward+backward of 128 images
+    at 64 px took 84 s under bf16 autocast against 3.0 s in float32 (with AMX: about 5x faster than float32).
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch.cpu helpers; absent: no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _apply_preset(o: PretrainOptions) -> PretrainOptions:
     """Fill what the user left unset from the preset; ``--set`` settings win over the preset's."""
     if not o.preset:
@@ -166,8 +181,15 @@ def _apply_preset(o: PretrainOptions) -> PretrainOptions:
     def pick(mine, theirs):
         return theirs if mine is None else mine
 
+    amp = o.amp
+    if amp is None and p.amp:
+        # The preset's bf16 autocast only where it is fast; --amp forces it, --no-amp turns it off.
+        amp = fast_mixed_precision(resolve_device(o.device))
+        if not amp and os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(f"--preset {o.preset}: this CPU has no bfloat16 units (AMX / AVX512-BF16), where "
+                             "bf16 autocast is many times slower than float32; training in float32 (--amp forces it)\n")
     return replace(o, epochs=pick(o.epochs, p.epochs), batch_size=pick(o.batch_size, p.batch_size),
-                   lr=pick(o.lr, p.lr), limit=pick(o.limit, p.limit), amp=pick(o.amp, p.amp),
+                   lr=pick(o.lr, p.lr), limit=pick(o.limit, p.limit), amp=amp,
                    knn_every=pick(o.knn_every, pick(p.knn_every, 1)), overrides={**p.settings, **o.overrides})
 
 
@@ -399,5 +421,6 @@ def run_pretrain(o: PretrainOptions) -> dict:
     return {"checkpoint": str(ckpt), "method": r.o.method, "preset": r.o.preset, "corrupt": m.corrupt or "none",
             "arch": r.o.arch, "epochs": r.epochs, "images": len(m), "batch_size": r.global_batch, "lr": r.base_lr,
             "data": m.describe(), "manifest_hash": m.digest(), "run_dir": str(r.run_dir),
-            "world_size": r.world.size, "knn": [h for h in r.history if "knn" in h], "history": r.history,
+            "world_size": r.world.size, "amp": not isinstance(r.autocast, nullcontext),
+            "knn": [h for h in r.history if "knn" in h], "history": r.history,
             "timings": {"total_s": round(time.perf_counter() - t0, 2)}}

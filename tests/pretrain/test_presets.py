@@ -12,7 +12,8 @@ import torch
 
 from encoders.pretrain import METHODS
 from encoders.pretrain.presets import PRESETS, get_preset
-from encoders.pretrain.train import PretrainOptions, _apply_preset, run_pretrain
+from encoders.pretrain import train
+from encoders.pretrain.train import PretrainOptions, _apply_preset, fast_mixed_precision, run_pretrain
 from harness.common.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,8 @@ def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
         assert ckpt["meta"]["preset"] == "small" and ckpt["meta"]["corrupt"] == "none"
 
 
-def test_explicit_options_and_set_override_the_preset():
+def test_explicit_options_and_set_override_the_preset(monkeypatch):
+    monkeypatch.setattr(train, "fast_mixed_precision", lambda device: True)
     p = get_preset("mocov2", "small")
     o = _apply_preset(PretrainOptions(method="mocov2", preset="small", epochs=3, overrides={"queue": "512"}))
     assert o.epochs == 3 and o.batch_size == p.batch_size and o.lr == p.lr and o.limit == p.limit
@@ -42,6 +44,28 @@ def test_explicit_options_and_set_override_the_preset():
     assert plain.epochs is None and plain.overrides == {} and plain.knn_every == 1
     with pytest.raises(UsageError, match="known presets"):
         get_preset("mocov2", "huge")
+
+
+def test_preset_autocast_only_where_bf16_is_fast(monkeypatch, capsys):
+    """The small presets ask for bf16 autocast; a CPU without bf16 units (AVX2 only) trains in float32 instead,
+    with one stderr line, and an explicit --amp / --no-amp wins either way."""
+    monkeypatch.setattr(train, "fast_mixed_precision", lambda device: False)
+    assert _apply_preset(PretrainOptions(method="simclr", preset="small", device="cpu")).amp is False
+    assert "float32" in capsys.readouterr().err
+    assert _apply_preset(PretrainOptions(method="simclr", preset="small", device="cpu", amp=True)).amp is True
+    monkeypatch.setattr(train, "fast_mixed_precision", lambda device: True)
+    assert _apply_preset(PretrainOptions(method="simclr", preset="small", device="cpu")).amp is True
+    assert _apply_preset(PretrainOptions(method="simclr", preset="small", device="cpu", amp=False)).amp is False
+    assert capsys.readouterr().err == ""
+    assert _apply_preset(PretrainOptions(method="simclr", device="cpu")).amp is None  # no preset: CUDA-only default
+
+
+def test_fast_mixed_precision_follows_the_cpu_flags(monkeypatch):
+    assert fast_mixed_precision(torch.device("cuda")) is True
+    for amx, avx512_bf16 in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert fast_mixed_precision(torch.device("cpu")) is (amx or avx512_bf16)
 
 
 def test_corrupted_run_reaches_manifest_checkpoint_encoders_and_report(tmp_path):
