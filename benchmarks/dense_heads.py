@@ -30,10 +30,11 @@ import torch
 from encoders import create_encoder
 from encoders.resnet import build_resnet
 from harness.common.atomic import write_json
+from harness.common.device import cpu_has_bf16
 from harness.common.paths import synthetic_dir
 from harness.features import loader
 from harness.runner import EvalOptions, _request, run_eval
-from harness.train import cpu_has_bf16, head_autocast, make_optimizer, predict
+from harness.train import head_autocast, make_optimizer, predict
 from heads import HEADS
 from tasks import get_task
 from tasks.losses import get_loss

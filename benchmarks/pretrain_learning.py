@@ -45,7 +45,8 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     init, final = curve[0]["knn"], curve[-1]["knn"]
     p = get_preset(method, "small")
     extra = "".join(f", {kv}" for kv in args.set) + (f", lr {args.lr:g} (option)" if args.lr else "")
-    return {"method": method, "preset": "small", "settings": {**p.settings, **dict(kv.split("=", 1) for kv in args.set)},
+    settings = {**p.settings, **dict(kv.split("=", 1) for kv in args.set)}
+    return {"method": method, "preset": "small", "settings": settings, "amp": res["amp"],
             "overrides": args.set, "note": p.note + extra, "epochs": res["epochs"],
             "images": res["images"], "batch_size": res["batch_size"], "lr": res["lr"],
             "steps": res["epochs"] * (res["images"] // res["batch_size"]),

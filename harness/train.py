@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.common.device import cpu_has_bf16
 from tasks.losses import get_loss
 from tasks.metrics import make_metric
 from tasks.spec import OptimConfig, TaskSpec
@@ -53,14 +54,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
 
 SMALL_HEAD = 1_000_000  # parameters; below this, extra CPU threads cost more than they give
 HEAD_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic on this CPU (AVX512-BF16 / AMX), as oneDNN sees it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_head_precision(precision: str, device: torch.device, head: nn.Module) -> str:

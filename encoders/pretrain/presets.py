@@ -3,10 +3,10 @@
 The published ImageNet settings stay every method's default. ``small`` is the CPU-scale recipe per method
 (ResNet-18, 64 px, 4,000 synthetic renders, batch 128, 30 epochs, bf16 autocast). Only SimCLR's has been
 measured to learn so far; the others are starting points whose learning is still to be measured with
-``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue of
-4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its negatives.
-``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train in float32. Explicit options (``--epochs``, ``--lr``, ...)
-and ``--set KEY=VALUE`` override a preset.
+``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue
+of 4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its
+negatives. ``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train
+in float32. Explicit options (``--epochs``, ``--lr``, ...) and ``--set KEY=VALUE`` override a preset.
 """
 
 from __future__ import annotations

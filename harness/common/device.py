@@ -29,3 +29,12 @@ def resolve_device(spec: str | None) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"--device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
     return dev
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic on this CPU (AVX512-BF16 / AMX), as oneDNN sees it. Without it oneDNN emulates
+    bf16 and autocast is many times slower than float32 (an AVX2-only EPYC: 84 s vs 3.0 s per ResNet-18 step)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from encoders.resnet import build_resnet
-from harness.train import cpu_has_bf16, head_autocast, resolve_head_precision
+from harness.common.device import cpu_has_bf16
+from harness.train import head_autocast, resolve_head_precision
 from heads import HEADS
 
 TAPS = {t.name: t for t in build_resnet("resnet18").taps}

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoders.pretrain import METHODS
+from encoders.pretrain import METHODS, train
 from encoders.pretrain.presets import PRESETS, get_preset
-from encoders.pretrain import train
 from encoders.pretrain.train import PretrainOptions, _apply_preset, fast_mixed_precision, run_pretrain
 from harness.common.errors import UsageError
 
@@ -60,12 +59,12 @@ def test_preset_autocast_only_where_bf16_is_fast(monkeypatch, capsys):
     assert _apply_preset(PretrainOptions(method="simclr", device="cpu")).amp is None  # no preset: CUDA-only default
 
 
-def test_fast_mixed_precision_follows_the_cpu_flags(monkeypatch):
+def test_fast_mixed_precision_follows_native_bf16(monkeypatch):
     assert fast_mixed_precision(torch.device("cuda")) is True
-    for amx, avx512_bf16 in ((False, False), (True, False), (False, True)):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
-        assert fast_mixed_precision(torch.device("cpu")) is (amx or avx512_bf16)
+    for native in (False, True):
+        monkeypatch.setattr(train, "cpu_has_bf16", lambda v=native: v)
+        assert fast_mixed_precision(torch.device("cpu")) is native
+        assert fast_mixed_precision(torch.device("cuda")) is True
 
 
 def test_corrupted_run_reaches_manifest_checkpoint_encoders_and_report(tmp_path):
