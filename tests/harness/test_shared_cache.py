@@ -15,8 +15,9 @@ ARGS = ("eval", "--encoder", "resnet18", "--task", "synth_count", "--limit", "64
         "single", "--device", "cpu", "--json")
 
 
-def start(cache: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "HARNESS_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def start(cache: Path, out: Path, quiet: bool = True) -> subprocess.Popen:
+    env = {**os.environ, "HARNESS_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "HARNESS_QUIET": "1" if quiet else ""}
     return subprocess.Popen([sys.executable, "-m", "harness", *ARGS, "--out", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -59,8 +60,15 @@ def test_a_waiting_process_reads_the_entry_another_publishes_and_a_dead_owners_l
         target.parent.mkdir(parents=True)
         lock = target.with_name(target.name + ".lock")
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "since": time.time()}))
-        proc = start(cache, tmp_path / "out")
-        time.sleep(8)
+        proc = start(cache, tmp_path / "out", quiet=False)
+        # Publish only once it says it waits (a fixed sleep raced a slow start on a loaded machine).
+        said = []
+        for line in proc.stderr:  # ends at EOF if it finishes without waiting
+            said.append(line)
+            if "waiting for" in line:
+                break
+        assert "which is encoding it" in said[-1], "".join(said)[-2000:]
+        time.sleep(1)
         assert proc.poll() is None and not target.exists()  # still waiting, not encoding it
         shutil.copyfile(train, target)  # the owner publishes the entry
         rec = finish(proc)
