@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from encoders.pretrain.presets import get_preset
-from encoders.pretrain.train import PretrainOptions, run_pretrain
+from encoders.pretrain.train import PretrainOptions, fast_mixed_precision, run_pretrain
 
 METHODS = ("simclr", "mocov2", "mocov1", "swav", "byol")
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,24 +40,68 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
                                        device="cpu", resume=not args.fresh, lr=args.lr,
                                        overrides=dict(kv.split("=", 1) for kv in args.set)))
     wall = time.perf_counter() - t0
-    history = res["history"]
+    return {**entry(method, args.set, args.lr, res["history"], res, args.knn_bank, args.knn_queries),
+            "wall_s": round(wall, 1), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "checkpoint": res["checkpoint"]}
+
+
+def entry(method: str, overrides: list[str], lr_option: float | None, history: list[dict], res: dict,
+          knn_bank: int, knn_queries: int) -> dict:
+    """One method's record: recipe, kNN curve (initial, final, best), per-epoch diagnostics, train time."""
     curve = [{"epoch": h["epoch"], "knn": round(h["knn"], 4)} for h in history if "knn" in h]
     init, final = curve[0]["knn"], curve[-1]["knn"]
     p = get_preset(method, "small")
-    extra = "".join(f", {kv}" for kv in args.set) + (f", lr {args.lr:g} (option)" if args.lr else "")
-    settings = {**p.settings, **dict(kv.split("=", 1) for kv in args.set)}
+    extra = "".join(f", {kv}" for kv in overrides) + (f", lr {lr_option:g} (option)" if lr_option else "")
+    settings = {**p.settings, **dict(kv.split("=", 1) for kv in overrides)}
     return {"method": method, "preset": "small", "settings": settings, "amp": res["amp"],
-            "overrides": args.set, "note": p.note + extra, "epochs": res["epochs"],
+            "overrides": overrides, "note": p.note + extra, "epochs": res["epochs"],
             "images": res["images"], "batch_size": res["batch_size"], "lr": res["lr"],
             "steps": res["epochs"] * (res["images"] // res["batch_size"]),
             "knn_init": init, "knn_final": final, "knn_best": max(c["knn"] for c in curve),
             "gain_points": round(100 * (final - init), 1), "knn_curve": curve,
-            "train_s": round(sum(h.get("seconds", 0.0) for h in history), 1), "wall_s": round(wall, 1),
+            "train_s": round(sum(h.get("seconds", 0.0) for h in history), 1),
             "diagnostics": [{k: v for k, v in h.items() if k not in ("knn", "seconds", "images_per_s")}
                             for h in history if "loss" in h],
-            "knn": {"bank": args.knn_bank, "queries": args.knn_queries, "k": 20, "labels": "synth shape_cls"},
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "checkpoint": res["checkpoint"], "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+            "knn": {"bank": knn_bank, "queries": knn_queries, "k": 20, "labels": "synth shape_cls"},
+            "measured": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def from_run(run: Path, knn_bank: int, knn_queries: int) -> dict:
+    """The entry of a finished ``harness pretrain --preset small`` run, read from its resume state."""
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    s = json.loads(state["settings"]) if isinstance(state["settings"], str) else state["settings"]
+    if s.get("preset") != "small":
+        raise SystemExit(f"{run}: not a --preset small run (preset {s.get('preset')!r})")
+    if state["epoch"] < s["epochs"]:
+        raise SystemExit(f"{run}: unfinished ({state['epoch']} of {s['epochs']} epochs); resume it first")
+    method, cfg = s["method"], s["config"]
+    preset = get_preset(method, "small")
+    # the settings the run used that differ from the preset's, as --set KEY=VALUE
+    overrides = [f"{k}={v}" for k, v in preset.settings.items() if _lookup(cfg, k) != _lookup_str(v, cfg, k)]
+    images = len(json.loads((run / "manifest.json").read_text())["items"])
+    # a preset run takes bf16 autocast where the machine has bf16 units: record runs on the machine they ran on
+    res = {"amp": fast_mixed_precision(torch.device("cpu")), "epochs": s["epochs"], "images": images,
+           "batch_size": s["batch_size"], "lr": s["lr"]}
+    lr_option = s["lr"] if preset.lr is not None and abs(s["lr"] - preset.lr) > 1e-12 else None
+    out = entry(method, overrides, lr_option, state["history"], res, knn_bank, knn_queries)
+    out["measured_by"] = f"harness pretrain --method {method} --preset small (run {run.name}, its kNN monitor)"
+    return out
+
+
+def _lookup(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _lookup_str(value: str, cfg: dict, key: str):
+    """A preset's string value parsed like the config value it sets (numbers, bools, tuples)."""
+    current = _lookup(cfg, key)
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(current, (list, tuple)):
+        return [type(c)(x) for c, x in zip(current, value.split(","), strict=True)]
+    return type(current)(value) if current is not None else value
 
 
 def table(results: dict) -> str:
@@ -87,11 +131,18 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="do not resume a run found in --runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--from-run", type=Path, action="append", default=[], metavar="DIR",
+                    help="record a finished `harness pretrain --preset small` run instead of training "
+                         "(its kNN monitor: --knn-bank / --knn-queries as it ran, default 1,000 / 250)")
     args = ap.parse_args()
 
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}}
-    for method in args.method or METHODS:
-        r = run_one(method, args)
+    if args.from_run and args.knn_bank == 2000 and args.knn_queries == 1000:
+        args.knn_bank, args.knn_queries = 1000, 250  # harness pretrain's own monitor
+    jobs = [(None, run) for run in args.from_run] or [(m, None) for m in args.method or METHODS]
+    for method, run in jobs:
+        r = from_run(run, args.knn_bank, args.knn_queries) if run else run_one(method, args)
+        method = r["method"]
         doc["results"][method] = r
         doc["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
