@@ -1,12 +1,10 @@
-"""Named bundles of settings for ``harness pretrain --preset NAME``.
-
-The published ImageNet settings stay every method's default. ``small`` is the CPU-scale recipe per method
-(ResNet-18, 64 px, 4,000 synthetic renders, batch 128, 30 epochs, bf16 autocast). Only SimCLR's has been
-measured to learn so far; the others are starting points whose learning is still to be measured with
-``benchmarks/pretrain_learning.py`` (README.md says what was measured). The MoCo queues hold 512 keys: a queue
-of 4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its
-negatives. ``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train
-in float32. Explicit options (``--epochs``, ``--lr``, ...) and ``--set KEY=VALUE`` override a preset.
+"""Named bundles of settings for ``harness pretrain --preset NAME``. The published ImageNet settings stay every
+method's default. ``small`` is the CPU-scale recipe per method (ResNet-18, 64 px, 4,000 synthetic renders, batch
+128, 30 epochs, bf16 autocast). README.md says which have been measured to learn
+(``benchmarks/pretrain_learning.py``); the others are starting points. The MoCo queues hold 512 keys: a queue of
+4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its
+negatives. ``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train in
+float32. Explicit options (``--epochs``, ``--lr``, ...) and ``--set KEY=VALUE`` override a preset.
 """
 
 from __future__ import annotations
@@ -44,11 +42,15 @@ PRESETS: dict[str, dict[str, Preset]] = {
                          note="queue 512, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 8 split sub-batches"),
         "mocov1": Preset({**_SGD, "queue": "512", "momentum": "0.99", "temperature": "0.2"},
                          lr=0.06, **_SMALL_DATA, note="as mocov2 small with v1's linear head and augmentation"),
+        # eps 0.03 and two crops: the SwAV authors' advice against the uniform fixed point. With eps 0.05 the
+        # codes of a random ResNet's near-parallel embeddings are uniform, the prediction learns to be
+        # uniform and the loss sits at log(100) with the prototypes still (measured: README.md).
         "swav": Preset({**_SGD, **_SMALL_AUG, "prototypes": "100", "hidden": "512", "queue": "1024",
-                        "queue_start_epoch": "5", "freeze_prototypes_epochs": "1", "augment.local_crops": "4",
-                        "augment.local_scale": "0.1,0.4", "optim.final_lr_frac": "0"},
+                        "queue_start_epoch": "5", "freeze_prototypes_epochs": "1", "epsilon": "0.03",
+                        "augment.local_crops": "0", "optim.final_lr_frac": "0"},
                        lr=0.3, **_SMALL_DATA,
-                       note="100 prototypes, queue 1,024 from epoch 5, prototypes frozen in epoch 1, 2+4 crops"),
+                       note="eps 0.03, 2 crops, 100 prototypes, queue 1,024 from epoch 5, prototypes frozen in "
+                            "epoch 1"),
         "byol": Preset({**_SGD, **_SMALL_AUG, "momentum": "0.99", "hidden": "1024"}, lr=0.5, **_SMALL_DATA,
                        note="SGD, target momentum 0.99 -> 1, projector/predictor hidden 1,024"),
     },
