@@ -105,7 +105,8 @@ def _lookup_str(value: str, cfg: dict, key: str):
 
 
 def table(results: dict) -> str:
-    rows = ["| method | recipe | kNN init -> final (best) | gain | kNN curve (every 5 epochs) | steps | train time |",
+    rows = ["| method | recipe | kNN init -> final (best) | gain | kNN curve (epoch 0, then every knn_every) | steps "
+            "| train time |",
             "|---|---|---|---|---|---|---|"]
     for m in METHODS:
         r = results.get(m)
@@ -150,7 +151,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"{method}: knn {r['knn_init']:.3f} -> {r['knn_final']:.3f} ({r['gain_points']:+.1f} points), "
-              f"{r['train_s'] / 60:.1f} min training, {r['wall_s'] / 60:.1f} min wall", flush=True)
+              f"{r['train_s'] / 60:.1f} min training" + (f", {r['wall_s'] / 60:.1f} min wall" if "wall_s" in r else ""),
+              flush=True)
     text = table(doc["results"])
     print(text)
     if not args.no_readme and README.exists():
