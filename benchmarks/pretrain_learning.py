@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from encoders.pretrain.base import make_backbone
 from encoders.pretrain.presets import get_preset
-from encoders.pretrain.train import PretrainOptions, fast_mixed_precision, run_pretrain
+from encoders.pretrain.train import PretrainOptions, _knn_data, fast_mixed_precision, knn_monitor, run_pretrain
 
 METHODS = ("simclr", "mocov2", "mocov1", "swav", "byol")
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,32 @@ def from_run(run: Path, knn_bank: int, knn_queries: int) -> dict:
     return out
 
 
+def recheck(run: Path, bank: int, queries: int) -> dict:
+    """kNN of a run's initial and final backbone on a larger bank / query set than its monitor's.
+
+    With 250 queries one accuracy has a standard error near 3 points, so a 5-point gain read off the monitor is
+    under two standard errors. The initial backbone is rebuilt from the run's seed (``make_backbone``, as
+    ``create_method`` draws it); the final one is the backbone in ``last.pt``. Both see the same bank and queries.
+    """
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    s = json.loads(state["settings"]) if isinstance(state["settings"], str) else state["settings"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s["seed"])
+        init, _ = make_backbone(s["arch"], s["seed"])
+    final, _ = make_backbone(s["arch"], s["seed"])
+    final.load_state_dict({k[len("backbone."):]: v for k, v in state["method"].items() if k.startswith("backbone.")})
+    data = _knn_data(s["resolution"], bank, queries)
+    device = torch.device("cpu")
+    a0, a1 = (knn_monitor(net, data, device, k=20) for net in (init, final))
+    se = [(a * (1 - a) / queries) ** 0.5 for a in (a0, a1)]
+    return {"bank": bank, "queries": queries, "k": 20, "init": round(a0, 4), "final": round(a1, 4),
+            "gain_points": round(100 * (a1 - a0), 1),
+            # binomial standard error of each accuracy, and of the gain taken as independent (an upper bound:
+            # the same queries make the two accuracies positively correlated)
+            "se_points": [round(100 * e, 1) for e in se],
+            "gain_se_points": round(100 * (se[0] ** 2 + se[1] ** 2) ** 0.5, 1)}
+
+
 def _lookup(cfg: dict, key: str):
     for part in key.split("."):
         cfg = cfg[part]
@@ -105,16 +132,20 @@ def _lookup_str(value: str, cfg: dict, key: str):
 
 
 def table(results: dict) -> str:
-    rows = ["| method | recipe | kNN init -> final (best) | gain | kNN curve (epoch 0, then every knn_every) | steps "
-            "| train time |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| method | recipe | kNN init -> final (best) | gain "
+            "| larger kNN: init -> final (gain ± SE; bank / queries) "
+            "| kNN curve (epoch 0, then every knn_every) | steps | train time |",
+            "|---|---|---|---|---|---|---|---|"]
     for m in METHODS:
         r = results.get(m)
         if r is None:
             continue
         curve = ", ".join(f"{c['knn']:.3f}" for c in r["knn_curve"])
+        rc = r.get("recheck")
+        larger = (f"{rc['init']:.3f} -> {rc['final']:.3f} ({rc['gain_points']:+.1f} ± {rc['gain_se_points']:.1f}; "
+                  f"{rc['bank']:,} / {rc['queries']:,})" if rc else "-")
         rows.append(f"| {m} | {r['note']}; lr {r['lr']:g} | {r['knn_init']:.3f} -> {r['knn_final']:.3f} "
-                    f"({r['knn_best']:.3f}) | {r['gain_points']:+.1f} | {curve} | {r['steps']} | "
+                    f"({r['knn_best']:.3f}) | {r['gain_points']:+.1f} | {larger} | {curve} | {r['steps']} | "
                     f"{r['train_s'] / 60:.1f} min |")
     return "\n".join(rows)
 
@@ -135,6 +166,9 @@ def main() -> None:
     ap.add_argument("--from-run", type=Path, action="append", default=[], metavar="DIR",
                     help="record a finished `harness pretrain --preset small` run instead of training "
                          "(its kNN monitor: --knn-bank / --knn-queries as it ran, default 1,000 / 250)")
+    ap.add_argument("--recheck", default="4000,2000", metavar="BANK,QUERIES",
+                    help="with --from-run: also measure the run's initial and final backbone with this larger "
+                         "kNN bank and query set ('0' to skip)")
     args = ap.parse_args()
 
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}}
@@ -143,6 +177,12 @@ def main() -> None:
     jobs = [(None, run) for run in args.from_run] or [(m, None) for m in args.method or METHODS]
     for method, run in jobs:
         r = from_run(run, args.knn_bank, args.knn_queries) if run else run_one(method, args)
+        if run and args.recheck != "0":
+            bank, queries = (int(x) for x in args.recheck.split(","))
+            r["recheck"] = recheck(run, bank, queries)
+            print(f"{r['method']} recheck ({bank} / {queries}): {r['recheck']['init']:.3f} -> "
+                  f"{r['recheck']['final']:.3f}, {r['recheck']['gain_points']:+.1f} ± "
+                  f"{r['recheck']['gain_se_points']:.1f} points", flush=True)
         method = r["method"]
         doc["results"][method] = r
         doc["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

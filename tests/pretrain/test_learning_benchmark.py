@@ -1,0 +1,48 @@
+"""benchmarks/pretrain_learning.py records a finished run: ``--from-run`` reads its kNN curve from the resume
+state, and ``recheck`` rebuilds the run's initial backbone from its seed and loads the final one, so that with the
+monitor's own bank and queries it reproduces the monitor's first and last accuracies."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from encoders.pretrain.base import make_backbone
+from encoders.pretrain.train import PretrainOptions, run_pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("pretrain_learning", ROOT / "benchmarks" / "pretrain_learning.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_from_run_and_recheck_reproduce_the_monitor(tmp_path):
+    bench = _benchmark()
+    res = run_pretrain(PretrainOptions(method="simclr", preset="small", out=tmp_path, device="cpu", name="tiny",
+                                       limit=64, batch_size=32, epochs=2, resolution=32, knn_every=1,
+                                       knn_bank=60, knn_queries=40, seed=3))
+    run = tmp_path / "tiny"
+    monitor = [h["knn"] for h in res["history"] if "knn" in h]
+    assert len(monitor) == 3  # epoch 0 (init), 1, 2
+    rec = bench.from_run(run, 60, 40)
+    assert rec["knn_init"] == pytest.approx(monitor[0], abs=1e-4)
+    assert rec["knn_final"] == pytest.approx(monitor[-1], abs=1e-4)
+    assert rec["steps"] == 4 and rec["method"] == "simclr"
+    again = bench.recheck(run, 60, 40)
+    assert again["init"] == pytest.approx(monitor[0], abs=1e-4)
+    assert again["final"] == pytest.approx(monitor[-1], abs=1e-4)
+    # binomial standard errors, in points
+    se = [100 * (a * (1 - a) / 40) ** 0.5 for a in (again["init"], again["final"])]
+    assert again["se_points"] == pytest.approx(se, abs=0.06)
+    assert again["gain_se_points"] == pytest.approx((se[0] ** 2 + se[1] ** 2) ** 0.5, abs=0.06)
+    # the run trained: its final backbone is not the one the seed draws
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        init, _ = make_backbone("resnet18", 3)
+    assert not torch.equal(state["method"]["backbone.conv1.weight"], init.conv1.weight)
