@@ -4,7 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HARNESS_QUIET", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two xdist workers on a 2-core machine: one intra-op thread each, so that they do not oversubscribe the
+# cores (subprocesses started by tests pick their own threads).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,6 @@ TINY = {"limit": 64, "batch_size": 32, "epochs": 1, "resolution": 32, "knn_every
 
 def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
     assert set(PRESETS["small"]) == set(METHODS)
-    torch.set_num_threads(2)
     for method in METHODS:
         res = run_pretrain(PretrainOptions(method=method, preset="small", out=tmp_path, device="cpu", **TINY))
         assert res["preset"] == "small" and res["batch_size"] == 32 and res["images"] == 64
