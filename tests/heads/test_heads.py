@@ -134,7 +134,9 @@ def test_linear_head_standardises_with_train_statistics_and_takes_a_batch_of_one
     xd = x.double()
     z = (xd - xd.mean(0)) / torch.sqrt(xd.var(0, unbiased=False) + head.norm.eps)
     want = z @ head.fc.weight.double().T + head.fc.bias.double()
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    # float32 batch statistics: the mean of values near 5 is good to about 1e-6 (a few ulp), which is about 1e-3
+    # in the units of the column whose std is 1e-3; the summation order (thread count) moves it within that
+    torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=2e-3)
     assert [n for n, _ in head.named_parameters()] == ["fc.weight", "fc.bias"]
     mean_before = head.norm.running_mean.clone()
     one = head({"embedding": x[:1]})  # no error, and running statistics untouched
