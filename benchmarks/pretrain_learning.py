@@ -17,12 +17,14 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from encoders.pretrain.base import make_backbone
+from encoders.pretrain import get_method
+from encoders.pretrain.base import apply_overrides, make_backbone
 from encoders.pretrain.presets import get_preset
 from encoders.pretrain.train import PretrainOptions, _knn_data, fast_mixed_precision, knn_monitor, run_pretrain
 
@@ -53,6 +55,7 @@ def entry(method: str, overrides: list[str], lr_option: float | None, history: l
     init, final = curve[0]["knn"], curve[-1]["knn"]
     p = get_preset(method, "small")
     extra = "".join(f", {kv}" for kv in overrides) + (f", lr {lr_option:g} (option)" if lr_option else "")
+    extra += f", {res['epochs']} epochs" if p.epochs is not None and res["epochs"] != p.epochs else ""
     settings = {**p.settings, **dict(kv.split("=", 1) for kv in overrides)}
     return {"method": method, "preset": "small", "settings": settings, "amp": res["amp"],
             "overrides": overrides, "note": p.note + extra, "epochs": res["epochs"],
@@ -77,8 +80,9 @@ def from_run(run: Path, knn_bank: int, knn_queries: int) -> dict:
         raise SystemExit(f"{run}: unfinished ({state['epoch']} of {s['epochs']} epochs); resume it first")
     method, cfg = s["method"], s["config"]
     preset = get_preset(method, "small")
-    # the settings the run used that differ from the preset's, as --set KEY=VALUE
-    overrides = [f"{k}={v}" for k, v in preset.settings.items() if _lookup(cfg, k) != _lookup_str(v, cfg, k)]
+    # every setting the run used that differs from the preset's (warm-up, momentum, ...), as --set KEY=VALUE
+    expected = _flat(asdict(apply_overrides(get_method(method).config(), dict(preset.settings))))
+    overrides = [f"{k}={_fmt(v)}" for k, v in _flat(cfg).items() if _fmt(expected.get(k)) != _fmt(v)]
     images = len(json.loads((run / "manifest.json").read_text())["items"])
     # a preset run takes bf16 autocast where the machine has bf16 units: record runs on the machine they ran on
     res = {"amp": fast_mixed_precision(torch.device("cpu")), "epochs": s["epochs"], "images": images,
@@ -115,20 +119,26 @@ def recheck(run: Path, bank: int, queries: int) -> dict:
             "gain_se_points": round(100 * (se[0] ** 2 + se[1] ** 2) ** 0.5, 1)}
 
 
-def _lookup(cfg: dict, key: str):
-    for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    """A nested config record as ``{"optim.lr": 0.03, ...}``; its ``epochs`` / ``batch_size`` are the run's."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif f"{prefix}{k}" not in ("epochs", "batch_size", "optim.lr", "optim.lr_batch"):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def _lookup_str(value: str, cfg: dict, key: str):
-    """A preset's string value parsed like the config value it sets (numbers, bools, tuples)."""
-    current = _lookup(cfg, key)
-    if isinstance(current, bool):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(current, (list, tuple)):
-        return [type(c)(x) for c, x in zip(current, value.split(","), strict=True)]
-    return type(current)(value) if current is not None else value
+def _fmt(v) -> str:
+    """A setting as --set writes it: 0.9, true, 0.2,1 (so that JSON lists and tuples, 10 and 10.0 compare equal)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return ",".join(_fmt(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def table(results: dict) -> str:

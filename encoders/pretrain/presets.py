@@ -40,7 +40,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
                           "head_bn": "true"},
                          lr=0.06, **_SMALL_DATA,
                          note="queue 512, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 8 split sub-batches"),
-        "mocov1": Preset({**_SGD, "queue": "512", "momentum": "0.99", "temperature": "0.2"},
+        # MoCo v1's default schedule is a constant rate (its published step decay falls after epoch 120)
+        "mocov1": Preset({**_SGD, "optim.cosine": "true", "queue": "512", "momentum": "0.99", "temperature": "0.2"},
                          lr=0.06, **_SMALL_DATA, note="as mocov2 small with v1's linear head and augmentation"),
         # eps 0.03 and two crops: the SwAV authors' advice against the uniform fixed point. With eps 0.05 the
         # codes of a random ResNet's near-parallel embeddings are uniform, the prediction learns to be

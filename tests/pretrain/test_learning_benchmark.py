@@ -46,3 +46,18 @@ def test_from_run_and_recheck_reproduce_the_monitor(tmp_path):
         torch.manual_seed(3)
         init, _ = make_backbone("resnet18", 3)
     assert not torch.equal(state["method"]["backbone.conv1.weight"], init.conv1.weight)
+
+
+def test_from_run_records_every_setting_that_differs_from_the_preset(tmp_path):
+    # a warm-up or momentum given with --set is part of the recipe the table shows; the preset's own settings
+    # and the run-size options (images, batch, resolution) are not repeated
+    bench = _benchmark()
+    run_pretrain(PretrainOptions(method="mocov2", preset="small", out=tmp_path, device="cpu", name="variant",
+                                 limit=64, batch_size=32, epochs=1, resolution=32, knn_every=1,
+                                 knn_bank=40, knn_queries=20,
+                                 overrides={"momentum": "0.9", "optim.warmup_epochs": "1",
+                                            "augment.global_scale": "0.3,1"}))
+    rec = bench.from_run(tmp_path / "variant", 40, 20)
+    assert set(rec["overrides"]) == {"momentum=0.9", "optim.warmup_epochs=1", "augment.global_scale=0.3,1"}
+    assert all(f", {kv}" in rec["note"] for kv in rec["overrides"]) and rec["note"].endswith(", 1 epochs")
+    assert rec["settings"]["momentum"] == "0.9" and rec["settings"]["queue"] == "512"

@@ -31,6 +31,17 @@ def test_every_method_has_a_small_preset_that_runs_two_steps(tmp_path):
         assert ckpt["meta"]["preset"] == "small" and ckpt["meta"]["corrupt"] == "none"
 
 
+def test_small_presets_are_sgd_with_a_cosine_decay():
+    # README.md's table says so for every method; MoCo v1's default schedule is a constant rate
+    from encoders.pretrain import get_method
+    from encoders.pretrain.base import apply_overrides
+
+    for method in METHODS:
+        cfg = apply_overrides(get_method(method).config(), dict(get_preset(method, "small").settings))
+        assert cfg.optim.name == "sgd" and cfg.optim.cosine, method
+        assert train._lr_at(99, 100, 0, 1.0, cfg.optim) < 0.01 < train._lr_at(50, 100, 0, 1.0, cfg.optim) < 0.99
+
+
 def test_explicit_options_and_set_override_the_preset(monkeypatch):
     monkeypatch.setattr(train, "fast_mixed_precision", lambda device: True)
     p = get_preset("mocov2", "small")
