@@ -43,18 +43,18 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
                                        device="cpu", resume=not args.fresh, lr=args.lr,
                                        overrides=dict(kv.split("=", 1) for kv in args.set)))
     wall = time.perf_counter() - t0
-    return {**entry(method, args.set, args.lr, res["history"], res, args.knn_bank, args.knn_queries),
+    return {**entry(method, args.set, res["history"], res, args.knn_bank, args.knn_queries),
             "wall_s": round(wall, 1), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "checkpoint": res["checkpoint"]}
 
 
-def entry(method: str, overrides: list[str], lr_option: float | None, history: list[dict], res: dict,
+def entry(method: str, overrides: list[str], history: list[dict], res: dict,
           knn_bank: int, knn_queries: int) -> dict:
     """One method's record: recipe, kNN curve (initial, final, best), per-epoch diagnostics, train time."""
     curve = [{"epoch": h["epoch"], "knn": round(h["knn"], 4)} for h in history if "knn" in h]
     init, final = curve[0]["knn"], curve[-1]["knn"]
     p = get_preset(method, "small")
-    extra = "".join(f", {kv}" for kv in overrides) + (f", lr {lr_option:g} (option)" if lr_option else "")
+    extra = "".join(f", {kv}" for kv in overrides)  # a learning rate other than the preset's: table()
     extra += f", {res['epochs']} epochs" if p.epochs is not None and res["epochs"] != p.epochs else ""
     settings = {**p.settings, **dict(kv.split("=", 1) for kv in overrides)}
     return {"method": method, "preset": "small", "settings": settings, "amp": res["amp"],
@@ -87,8 +87,7 @@ def from_run(run: Path, knn_bank: int, knn_queries: int) -> dict:
     # a preset run takes bf16 autocast where the machine has bf16 units: record runs on the machine they ran on
     res = {"amp": fast_mixed_precision(torch.device("cpu")), "epochs": s["epochs"], "images": images,
            "batch_size": s["batch_size"], "lr": s["lr"]}
-    lr_option = s["lr"] if preset.lr is not None and abs(s["lr"] - preset.lr) > 1e-12 else None
-    out = entry(method, overrides, lr_option, state["history"], res, knn_bank, knn_queries)
+    out = entry(method, overrides, state["history"], res, knn_bank, knn_queries)
     out["measured_by"] = f"harness pretrain --method {method} --preset small (run {run.name}, its kNN monitor)"
     return out
 
@@ -144,8 +143,8 @@ def _fmt(v) -> str:
 def table(results: dict) -> str:
     rows = ["| method | recipe | kNN init -> final (best) | gain "
             "| larger kNN: init -> final (gain ± SE; bank / queries) "
-            "| kNN curve (epoch 0, then every knn_every) | steps | train time |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| kNN curve (epoch 0, then every knn_every) | steps | precision | train time |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for m in METHODS:
         r = results.get(m)
         if r is None:
@@ -154,8 +153,11 @@ def table(results: dict) -> str:
         rc = r.get("recheck")
         larger = (f"{rc['init']:.3f} -> {rc['final']:.3f} ({rc['gain_points']:+.1f} ± {rc['gain_se_points']:.1f}; "
                   f"{rc['bank']:,} / {rc['queries']:,})" if rc else "-")
-        rows.append(f"| {m} | {r['note']}; lr {r['lr']:g} | {r['knn_init']:.3f} -> {r['knn_final']:.3f} "
+        preset_lr = get_preset(m, "small").lr
+        lr = f"lr {r['lr']:g}" + (f" (preset: {preset_lr:g})" if preset_lr and abs(r["lr"] - preset_lr) > 1e-12 else "")
+        rows.append(f"| {m} | {r['note']}; {lr} | {r['knn_init']:.3f} -> {r['knn_final']:.3f} "
                     f"({r['knn_best']:.3f}) | {r['gain_points']:+.1f} | {larger} | {curve} | {r['steps']} | "
+                    f"{'bf16 autocast' if r['amp'] else 'float32'} | "
                     f"{r['train_s'] / 60:.1f} min |")
     return "\n".join(rows)
 
