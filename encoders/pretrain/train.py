@@ -273,8 +273,9 @@ def _setup(o: PretrainOptions) -> Run:
     method = create_method(o.method, cfg, o.arch, o.seed).to(device)
     use_cuda = device.type == "cuda"
     amp = use_cuda if o.amp is None else o.amp
-    # channels_last: on CUDA, and on a float32 CPU run, where a ResNet-18 step at 64 px is 1.11x (MoCo v2) to 1.17x
-    # (SimCLR) faster (benchmarks/pretrain_memory_format.py); CPU bf16 autocast keeps the default format (unmeasured)
+    # channels_last: on CUDA, and on a float32 CPU run (benchmarks/pretrain_memory_format.py, ResNet-18, 64 px, batch
+    # 128, AVX2: steps 1.08x SimCLR, 1.09x SwAV, 1.16x BYOL and 0.97x MoCo v2 as fast with two threads; 1.17x SimCLR,
+    # 1.11x MoCo v2 with one). MoCo's split BatchNorm copies out of channels_last. CPU bf16 autocast: unmeasured.
     channels_last = (use_cuda or not amp) if o.channels_last is None else o.channels_last
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
