@@ -44,3 +44,20 @@ def test_colour_jitter_algebra():
                                rtol=0)  # hue leaves grey alone
     off = BatchColorJitter(0.4, 0.4, 0.4, 0.1, p=0.0)
     assert torch.equal(off(x), x)
+
+
+def test_global_size_resamples_the_crop_to_smaller_views():
+    # a vertical ramp, 40 + 10 * row, on a 16 px image; global_size 8 with an identity crop must give the ramp
+    # sampled at 8 rows spanning the image (kornia's crop-resize maps corners to corners: row j * 15 / 7)
+    ramp = (40 + 10 * torch.arange(16)).to(torch.uint8)
+    images = ramp.view(1, 16, 1, 1).expand(2, 16, 16, 3).clone()
+    cfg = AugmentConfig(global_crops=2, global_scale=(1.0, 1.0), jitter_p=0, gray_p=0, blur_p=0, flip_p=0,
+                        local_crops=1, global_size=8)
+    aug = MultiCropAugment(cfg, 16)
+    views = aug(images)
+    assert [tuple(v.shape) for v in views] == [(2, 3, 8, 8)] * 2 + [(2, 3, 16, 16)]  # locals follow the resolution
+    rows = views[0][:, 0] * 0.229 + IMAGENET_MEAN[0]  # un-normalise the red channel
+    expected = (40 + 10 * torch.arange(8) * 15 / 7) / 255
+    torch.testing.assert_close(rows, expected.view(1, 8, 1).expand(2, 8, 8), atol=1e-4, rtol=0)
+    default = MultiCropAugment(AugmentConfig(global_crops=1), 16)(images)[0]
+    assert default.shape == (2, 3, 16, 16)  # 0: the run's resolution
