@@ -1,6 +1,6 @@
 """Named bundles of settings for ``harness pretrain --preset NAME``. The published ImageNet settings stay every
 method's default. ``small`` is the CPU-scale recipe per method (ResNet-18, 64 px, 4,000 synthetic renders, batch
-128, 30 epochs (MoCo v2: 100, SwAV: 70, on 32 px views), bf16 autocast). README.md says which have been measured
+128, 30 epochs (MoCo v1 and v2: 100, SwAV: 70, on 32 px views), bf16 autocast). README.md says which have been measured
 to learn (``benchmarks/pretrain_learning.py``); the others are starting points. The MoCo queues hold 512 keys: a
 queue of 4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch sits among its
 negatives. ``amp`` asks for bf16 autocast where it is fast (``train.fast_mixed_precision``); other CPUs train in
@@ -44,8 +44,10 @@ PRESETS: dict[str, dict[str, Preset]] = {
                          note="queue 512, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 8 split sub-batches, "
                               "32 px views, 100 epochs"),
         # MoCo v1's default schedule is a constant rate (its published step decay falls after epoch 120)
-        "mocov1": Preset({**_SGD, "optim.cosine": "true", "queue": "512", "momentum": "0.99", "temperature": "0.2"},
-                         lr=0.06, **_SMALL_DATA, note="as mocov2 small with v1's linear head and augmentation"),
+        "mocov1": Preset({**_SGD, "optim.cosine": "true", "queue": "512", "momentum": "0.99", "temperature": "0.2",
+                          "augment.global_size": "32"},
+                         lr=0.06, **{**_SMALL_DATA, "epochs": 100},
+                         note="as mocov2 small with v1's linear head and augmentation, 32 px views, 100 epochs"),
         # eps 0.03 and two crops: the SwAV authors' advice against the uniform fixed point. With eps 0.05 the
         # codes of a random ResNet's near-parallel embeddings are uniform, the prediction learns to be
         # uniform and the loss sits at log(100) with the prototypes still. No queue: one of 1,024 keys from
