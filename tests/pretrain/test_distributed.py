@@ -49,7 +49,8 @@ def _worker(rank, port, out_dir):
     results = {}
     for name in METHODS:
         method = _build(name)
-        ddp = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)  # noqa: deprecated name kept: rank-local buffers
+        # rank-local buffers (queues, the BYOL target's momentum) are not broadcast
+        ddp = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
         half = [v[rank * BATCH // 2:(rank + 1) * BATCH // 2] for v in _views(name)]
         key_inputs = []
         if name == "mocov2":  # the images the key encoder sees on this rank
