@@ -23,7 +23,7 @@ from encoders.pretrain import create_method, get_method
 from encoders.pretrain.augment import MultiCropAugment
 from encoders.pretrain.base import apply_overrides
 from encoders.pretrain.presets import get_preset
-from encoders.pretrain.train import _optimizer, train_step
+from encoders.pretrain.train import build_optimizer, train_step
 from tasks.synthetic.store import load_split
 
 
@@ -38,7 +38,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         if cl:
             method = method.to(memory_format=torch.channels_last)
         augment = MultiCropAugment(cfg.augment, args.resolution).to(device)
-        runs[cl] = (method, _optimizer(method, cfg.optim, 0.01), augment)
+        runs[cl] = (method, build_optimizer(method, cfg.optim, 0.01), augment)
     scaler = torch.amp.GradScaler(enabled=False)
 
     def step(cl: bool) -> float:

@@ -21,7 +21,7 @@ import torch
 from encoders.pretrain import create_method, get_method
 from encoders.pretrain.augment import MultiCropAugment
 from encoders.pretrain.base import apply_overrides, make_backbone
-from encoders.pretrain.train import _optimizer, train_step
+from encoders.pretrain.train import build_optimizer, train_step
 from tasks.synthetic.store import load_split
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = apply_overrides(get_method(args.method).config(), dict(s.split("=", 1) for s in args.set))
     method = create_method(args.method, cfg, args.arch, 0).to(device).train()
-    optimizer = _optimizer(method, cfg.optim, 0.01)
+    optimizer = build_optimizer(method, cfg.optim, 0.01)
     scaler = torch.amp.GradScaler(enabled=False)
     augment = MultiCropAugment(cfg.augment, args.resolution).to(device)
     images = torch.from_numpy(load_split("single", "train", args.batch, args.resolution, fields=("image",))["image"])

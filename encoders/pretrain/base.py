@@ -119,6 +119,10 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups; a group's ``lr_mult`` scales the scheduled rate (BYOL's predictor)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def on_after_backward(self, epoch: int) -> None:
         """Hook between backward and the optimiser step (SwAV freezes its prototypes here)."""
 

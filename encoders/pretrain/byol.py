@@ -32,6 +32,9 @@ class BYOLConfig(MethodConfig):
     dim: int = 256
     hidden: int = 4096
     momentum: float = 0.996
+    # the predictor's rate over the encoder's (1 in BYOL; Tian et al. 2021 found a faster predictor helps
+    # non-contrastive learning, SimSiam keeps the predictor's rate from decaying)
+    predictor_lr_mult: float = 1.0
     optim: OptimDefaults = field(default_factory=lambda: OptimDefaults(
         "lars", lr=0.2, lr_batch=256, weight_decay=1.5e-6, warmup_epochs=10, cosine=True))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(global_scale=(0.08, 1.0),
@@ -53,6 +56,13 @@ class BYOL(Method):
         self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.register_buffer("tau", torch.tensor(cfg.momentum))
+
+    def param_groups(self) -> list[dict]:
+        if self.cfg.predictor_lr_mult == 1.0:
+            return super().param_groups()
+        head = set(map(id, self.predictor.parameters()))
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head]
+        return [{"params": rest}, {"params": list(self.predictor.parameters()), "lr_mult": self.cfg.predictor_lr_mult}]
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = self.projector(encode_views(self.backbone, views[:2]))

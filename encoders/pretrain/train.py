@@ -84,13 +84,19 @@ def _lr_at(step: int, total: int, warmup: int, base: float, opt: OptimDefaults) 
     return final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _optimizer(method: Method, opt: OptimDefaults, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in method.parameters() if p.requires_grad]
+def build_optimizer(method: Method, opt: OptimDefaults, lr: float) -> torch.optim.Optimizer:
+    params = method.param_groups()
     if opt.name == "lars":
         return LARS(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     if opt.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, foreach=True)
     raise UsageError(f"optim.name {opt.name!r}: use sgd or lars")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled rate into every group, times the group's ``lr_mult`` (``Method.param_groups``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def _knn_data(resolution: int, bank: int, queries: int) -> dict[str, torch.Tensor]:
@@ -295,7 +301,7 @@ def _setup(o: PretrainOptions) -> Run:
         o=o, world=world, device=device, cfg=cfg, epochs=epochs, global_batch=global_batch,
         local_batch=global_batch // world.size, resolution=resolution, manifest=manifest,
         dataset=ManifestImages(manifest, load_size), run_dir=run_dir, method=method, model=model,
-        optimizer=_optimizer(method, cfg.optim, base_lr),
+        optimizer=build_optimizer(method, cfg.optim, base_lr),
         scaler=torch.amp.GradScaler(enabled=amp and amp_dtype == torch.float16),
         augment=MultiCropAugment(cfg.augment, resolution).to(device),
         autocast=torch.autocast(device.type, dtype=amp_dtype) if amp else nullcontext(),
@@ -341,8 +347,7 @@ def _train_epoch(r: Run) -> None:
     for images in progress(loader, desc=f"{o.method} epoch {r.epoch + 1}/{r.epochs}", total=len(local)):
         global_step = r.epoch * r.steps_per_epoch + r.step_in_epoch
         torch.manual_seed((o.seed * 1_000_003 + global_step) * 131 + world.rank)
-        for group in r.optimizer.param_groups:
-            group["lr"] = _lr_at(global_step, r.total_steps, r.warmup, r.base_lr, r.cfg.optim)
+        set_lr(r.optimizer, _lr_at(global_step, r.total_steps, r.warmup, r.base_lr, r.cfg.optim))
         loss, logs = train_step(r.model, r.method, r.optimizer, r.scaler, r.augment,
                                 images.to(r.device, non_blocking=True), r.epoch, r.autocast, r.channels_last)
         if not math.isfinite(loss):
