@@ -49,6 +49,14 @@ def load_backbone(spec: str) -> torch.nn.Module:
     return net.eval()
 
 
+def recipe(spec: str) -> dict:
+    """What made a checkpoint (its metadata: method, preset, epochs, lr, run name, ...); empty for ``init``."""
+    if spec == "init":
+        return {}
+    meta = torch.load(spec, map_location="cpu", weights_only=True).get("meta", {})
+    return {"pretrain": {k: v for k, v in meta.items() if k not in ("manifest_hash", "knn")}}
+
+
 @torch.no_grad()
 def embed(net: torch.nn.Module, images: np.ndarray, batch: int = 250) -> torch.Tensor:
     from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD
@@ -102,7 +110,9 @@ def main() -> None:
     for i, spec in enumerate(args.encoder):
         name = args.label[i] if args.label else ("init" if spec == "init" else Path(spec).stem)
         net = load_backbone(spec)
-        rows[name] = {"encoder": spec, **probe(embed(net, tr["image"]), embed(net, va["image"]), tr, va)}
+        # the checkpoint's file name and recipe, not its path: runs live outside the repository
+        scores = probe(embed(net, tr["image"]), embed(net, va["image"]), tr, va)
+        rows[name] = {"encoder": spec if spec == "init" else Path(spec).name, **recipe(spec), **scores}
         print(name, json.dumps(rows[name]), flush=True)
     chance = {lab: round(float(np.bincount(va[lab]).max() / len(va[lab])), 4) for lab in LABELS}
     doc = {"encoders": rows, "bank": args.bank, "queries": args.queries, "majority_class": chance,

@@ -15,3 +15,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.getbasetemp() / "harness-cache"
     monkeypatch.setenv("HARNESS_CACHE", str(root))
     monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path_factory.getbasetemp() / "harness-weights"))
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("pretrain_probe")``: a script of ``benchmarks/`` (not a package) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

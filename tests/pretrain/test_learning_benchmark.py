@@ -2,27 +2,19 @@
 state, and ``recheck`` rebuilds the run's initial backbone from its seed and loads the final one, so that with the
 monitor's own bank and queries it reproduces the monitor's first and last accuracies."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from encoders.pretrain.base import make_backbone
 from encoders.pretrain.train import PretrainOptions, run_pretrain
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture
+def bench(load_benchmark):
+    return load_benchmark("pretrain_learning")
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("pretrain_learning", ROOT / "benchmarks" / "pretrain_learning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_from_run_and_recheck_reproduce_the_monitor(tmp_path):
-    bench = _benchmark()
+def test_from_run_and_recheck_reproduce_the_monitor(tmp_path, bench):
     res = run_pretrain(PretrainOptions(method="simclr", preset="small", out=tmp_path, device="cpu", name="tiny",
                                        limit=64, batch_size=32, epochs=2, resolution=32, knn_every=1,
                                        knn_bank=60, knn_queries=40, seed=3))
@@ -48,10 +40,9 @@ def test_from_run_and_recheck_reproduce_the_monitor(tmp_path):
     assert not torch.equal(state["method"]["backbone.conv1.weight"], init.conv1.weight)
 
 
-def test_from_run_records_every_setting_that_differs_from_the_preset(tmp_path):
+def test_from_run_records_every_setting_that_differs_from_the_preset(tmp_path, bench):
     # a warm-up or momentum given with --set is part of the recipe the table shows; the preset's own settings
     # and the run-size options (images, batch, resolution) are not repeated
-    bench = _benchmark()
     run_pretrain(PretrainOptions(method="mocov2", preset="small", out=tmp_path, device="cpu", name="variant",
                                  limit=64, batch_size=32, epochs=1, resolution=32, knn_every=1,
                                  knn_bank=40, knn_queries=20,
