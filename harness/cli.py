@@ -427,8 +427,9 @@ def pretrain(
     data: Annotated[list[str], typer.Option("--data", help="'synth' or an image folder (repeat to combine)")],
     variant: Annotated[str, typer.Option("--variant", help="full, half, quarter, lin, log")] = "full",
     manifest: Annotated[Path | None, typer.Option("--manifest", help="reuse a saved manifest.json")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="'small': the CPU recipe that learns on synth "
-                                                                "(options and --set override it)")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="'small': the CPU recipe per method (which "
+                                                                "learn on synth: encoders/pretrain/README.md); "
+                                                                "options and --set override it")] = None,
     corrupt: Annotated[str | None, typer.Option("--corrupt", help="corrupt the pretraining images first: "
                                                                   "jpeg:Q, downsample:F, saltpepper:P, blur:S")] = None,
     arch: Annotated[str, typer.Option("--arch", help="torchvision ResNet")] = "resnet18",

@@ -105,3 +105,16 @@ def test_corrupted_run_reaches_manifest_checkpoint_encoders_and_report(tmp_path)
     bad = subprocess.run([*args[:-5], "--corrupt", "jpeg:0", "--out", str(tmp_path)], env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--corrupt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_preset_learns_flags_agree_with_the_measured_gains(capsys):
+    # a preset claims to learn only where benchmarks/results/ holds a 5-point kNN gain (the larger recheck where
+    # there is one), and a run with one that does not says so on stderr
+    measured = json.loads((ROOT / "benchmarks" / "results" / "pretrain_learning.json").read_text())["results"]
+    for method, preset in PRESETS["small"].items():
+        row = measured[method]
+        gain = row["recheck"]["gain_points"] if "recheck" in row else row["gain_points"]
+        assert preset.learns == (gain >= 5), method
+        _apply_preset(PretrainOptions(method=method, preset="small", device="cpu", amp=False))
+        warned = "has not been shown to learn" in capsys.readouterr().err
+        assert warned == (not preset.learns), method
