@@ -92,7 +92,7 @@ def from_run(run: Path, knn_bank: int, knn_queries: int) -> dict:
     return out
 
 
-def recheck(run: Path, bank: int, queries: int) -> dict:
+def recheck(run: Path, bank: int, queries: int, device: torch.device | None = None) -> dict:
     """kNN of a run's initial and final backbone on a larger bank / query set than its monitor's.
 
     With 250 queries one accuracy has a standard error near 3 points, so a 5-point gain read off the monitor is
@@ -107,8 +107,8 @@ def recheck(run: Path, bank: int, queries: int) -> dict:
     final, _ = make_backbone(s["arch"], s["seed"])
     final.load_state_dict({k[len("backbone."):]: v for k, v in state["method"].items() if k.startswith("backbone.")})
     data = _knn_data(s["resolution"], bank, queries)
-    device = torch.device("cpu")
-    a0, a1 = (knn_monitor(net, data, device, k=20) for net in (init, final))
+    device = device or torch.device("cpu")
+    a0, a1 = (knn_monitor(net.to(device), data, device, k=20) for net in (init, final))
     se = [(a * (1 - a) / queries) ** 0.5 for a in (a0, a1)]
     return {"bank": bank, "queries": queries, "k": 20, "init": round(a0, 4), "final": round(a1, 4),
             "gain_points": round(100 * (a1 - a0), 1),

@@ -180,7 +180,8 @@ def _apply_preset(o: PretrainOptions) -> PretrainOptions:
     p = get_preset(o.method, o.preset)
     if not p.learns and os.environ.get("RANK", "0") == "0":
         sys.stderr.write(f"--preset {o.preset}: {o.method}'s recipe has not been shown to learn on synth (no 5-point "
-                         "kNN gain, encoders/pretrain/README.md); it is a starting point, not a measured recipe\n")
+                         "kNN gain on average over its runs, encoders/pretrain/README.md); it is a starting point, "
+                         "not a measured recipe\n")
 
     def pick(mine, theirs):
         return theirs if mine is None else mine

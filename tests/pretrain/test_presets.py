@@ -107,23 +107,20 @@ def test_corrupted_run_reaches_manifest_checkpoint_encoders_and_report(tmp_path)
     assert bad.returncode == 2 and "--corrupt" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_preset_learns_flags_agree_with_the_measured_gains(capsys, monkeypatch):
-    # a preset claims to learn only where benchmarks/results/ holds a 5-point kNN gain (the larger recheck where
-    # there is one), and a run with one that does not says so on stderr
-    measured = json.loads((ROOT / "benchmarks" / "results" / "pretrain_learning.json").read_text())["results"]
+def test_preset_learns_flags_agree_with_the_measured_gains(capsys):
+    # a preset claims to learn only where benchmarks/results/ holds a 5-point kNN gain on average over its measured
+    # runs (the table's run, on its larger recheck where there is one, and the seed study's runs on the same
+    # check), and a run with one that does not says so on stderr
+    results = ROOT / "benchmarks" / "results"
+    measured = json.loads((results / "pretrain_learning.json").read_text())["results"]
+    seeds = json.loads((results / "pretrain_seeds.json").read_text())["summary"]
     for method, preset in PRESETS["small"].items():
         row = measured[method]
-        gain = row["recheck"]["gain_points"] if "recheck" in row else row["gain_points"]
-        assert preset.learns == (gain >= 5), method
+        gains = [row["recheck"]["gain_points"] if "recheck" in row else row["gain_points"]]
+        gains += seeds[method]["checks"]["4000/2000"]["gains"] if method in seeds else []
+        assert preset.learns == (sum(gains) / len(gains) >= 5), (method, gains)
         _apply_preset(PretrainOptions(method=method, preset="small", device="cpu", amp=False))
-        warned = "has not been shown to learn" in capsys.readouterr().err
+        warned = f"{method}'s recipe has not been shown to learn" in capsys.readouterr().err
         assert warned == (not preset.learns), method
-    # every measured recipe learns today; an unmeasured one still warns
-    from dataclasses import replace as dc_replace
-
-    from encoders.pretrain import presets
-
-    unmeasured = dc_replace(presets.PRESETS["small"]["byol"], learns=False)
-    monkeypatch.setitem(presets.PRESETS["small"], "byol", unmeasured)
-    _apply_preset(PretrainOptions(method="byol", preset="small", device="cpu", amp=False))
-    assert "byol's recipe has not been shown to learn" in capsys.readouterr().err
+    # the marks differ today: the check above sees both a marked and an unmarked recipe
+    assert len({p.learns for p in PRESETS["small"].values()}) == 2

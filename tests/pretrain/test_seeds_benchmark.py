@@ -1,0 +1,81 @@
+"""benchmarks/pretrain_seeds.py: per-method statistics over seeds, and the runner a user sees through a subprocess
+(records per run, a summary that agrees with them, a deadline that stops runs with exit status 1 and a rerun that
+finishes them)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "pretrain_seeds.py"
+
+
+@pytest.fixture
+def bench(load_benchmark):
+    return load_benchmark("pretrain_seeds")
+
+
+def _record(method, seed, gains):
+    banks = ((4000, 2000), (8000, 4000))
+    checks = [{"bank": b, "queries": q, "gain_points": g} for (b, q), g in zip(banks, gains, strict=True)]
+    return {"method": method, "seed": seed, "epochs": 10, "steps": 310, "train_s": 60.0 * (seed + 1),
+            "gain_points": gains[0] - 1, "checks": checks}
+
+
+def test_summary_statistics_match_numpy(bench):
+    gains = {"swav": [(11.8, 13.2), (10.7, 14.1), (4.9, 7.4)], "byol": [(3.7, 2.6), (2.9, 2.2), (3.5, -0.1)]}
+    recs = [_record(m, s, g) for m, gs in gains.items() for s, g in enumerate(gs)]
+    summary = bench.summarise(recs[::-1])  # order of the records does not matter
+    assert list(summary) == ["swav", "byol"]  # the table's method order
+    for m, gs in gains.items():
+        for i, key in enumerate(("4000/2000", "8000/4000")):
+            g = np.array([x[i] for x in gs], dtype=np.float64)
+            c = summary[m]["checks"][key]
+            assert c["gains"] == list(g)
+            assert c["mean"] == pytest.approx(g.mean(), abs=0.005)
+            assert c["sd"] == pytest.approx(g.std(ddof=1), abs=0.005)
+            assert c["min"] == g.min() and c["seeds_at_bar"] == int((g >= 5).sum())
+        assert summary[m]["train_min_mean"] == pytest.approx(2.0)  # 1, 2 and 3 minutes
+    assert summary["swav"]["checks"]["4000/2000"]["seeds_at_bar"] == 2
+    table = bench.table(summary, "test")
+    assert "| swav | 3 | +11.8, +10.7, +4.9 (+9.1 ± 3.7; +4.9)" in table
+    assert "| 0 of 3 on 4000/2000 |" in table
+
+
+def _run(tmp_path, *extra, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--method", "simclr", "--seeds", "0,1", "--epochs", "1", "--limit", "128",
+           "--checks", "1000,250", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "seeds.json"),
+           "--no-readme", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_runs_record_each_seed_and_a_deadline_stops_runs_that_a_rerun_finishes(tmp_path):
+    stopped = _run(tmp_path, "--parallel", "2", "--deadline-s", "0.5")
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stdout.count("stopped at the deadline") == 2
+    assert "2 run(s) failed or were stopped" in stopped.stderr
+    assert not (tmp_path / "seeds.json").exists()
+
+    done = _run(tmp_path, "--parallel", "2")
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = json.loads((tmp_path / "seeds.json").read_text())
+    runs = {r["seed"]: r for r in doc["runs"]}
+    assert set(runs) == {0, 1}
+    for r in runs.values():
+        # the check uses the monitor's bank and queries (1,000 / 250): it reproduces the monitor's first and last
+        (c,) = r["checks"]
+        assert c["init"] == pytest.approx(r["knn_curve"][0]["knn"], abs=1e-4)
+        assert c["final"] == pytest.approx(r["knn_curve"][-1]["knn"], abs=1e-4)
+        assert r["epochs"] == 1 and [h["epoch"] for h in r["knn_curve"]] == [0, 1]
+    assert runs[0]["knn_curve"][0] != runs[1]["knn_curve"][0]  # the seed draws another initial network
+    s = doc["summary"]["simclr"]["checks"]["1000/250"]
+    assert s["gains"] == [runs[0]["checks"][0]["gain_points"], runs[1]["checks"][0]["gain_points"]]
+
+    again = _run(tmp_path)  # finished runs are not trained again
+    assert again.returncode == 0 and "seed 0:" not in again.stdout
