@@ -52,13 +52,13 @@ def one(method: str, seed: int, device: str, runs: Path, checks: list[tuple[int,
     wall = time.perf_counter() - t0
     rec = pl.entry(method, [], res["history"], res, 1000, 250)
     rec.pop("diagnostics")
-    last = rec_last_diag(res["history"])
+    last = last_diagnostics(res["history"])
     rec.update({"seed": seed, "name": name, "device": device, "wall_s": round(wall, 1), "final_diagnostics": last,
                 "checks": [pl.recheck(runs / name, b, q, device=torch.device(device)) for b, q in checks]})
     return rec
 
 
-def rec_last_diag(history: list[dict]) -> dict:
+def last_diagnostics(history: list[dict]) -> dict:
     """The last epoch's diagnostics (loss, embedding spread, ...): a collapsed run shows here."""
     last = next(h for h in reversed(history) if "loss" in h)
     return {k: v for k, v in last.items() if k not in ("knn", "seconds", "images_per_s", "epoch")}
