@@ -64,11 +64,16 @@ def last_diagnostics(history: list[dict]) -> dict:
     return {k: v for k, v in last.items() if k not in ("knn", "seconds", "images_per_s", "epoch")}
 
 
+def where(record: dict) -> str:
+    return "GPU" if str(record.get("device", "cpu")).startswith("cuda") else "CPU"
+
+
 def summarise(records: list[dict]) -> dict:
-    """Per method: each seed's gain on each check, their mean, sample standard deviation and minimum."""
+    """Per method: each run's gain on each check (GPU runs first, then CPU, by seed), their mean, sample standard
+    deviation and minimum, and the mean train time per run on each kind of machine."""
     out: dict[str, dict] = {}
     for m in pl.METHODS:
-        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"])
+        rs = sorted((r for r in records if r["method"] == m), key=lambda r: (where(r) != "GPU", r["seed"]))
         if not rs:
             continue
         per_check = {}
@@ -77,32 +82,59 @@ def summarise(records: list[dict]) -> dict:
             gains = [r["checks"][i]["gain_points"] for r in rs]
             per_check[key] = {"gains": gains, "mean": round(statistics.fmean(gains), 2),
                               "sd": round(statistics.stdev(gains), 2) if len(gains) > 1 else None,
-                              "min": min(gains), "seeds_at_bar": sum(g >= BAR for g in gains)}
-        out[m] = {"seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"], "steps": rs[0]["steps"],
-                  "train_min_mean": round(statistics.fmean(r["train_s"] for r in rs) / 60, 2),
+                              "min": min(gains), "runs_at_bar": sum(g >= BAR for g in gains)}
+        kinds = sorted({where(r) for r in rs}, key=lambda k: k != "GPU")
+        out[m] = {"runs": [{"seed": r["seed"], "where": where(r), "name": r["name"]} for r in rs],
+                  "epochs": rs[0]["epochs"], "steps": rs[0]["steps"],
+                  "train_min_mean": {k: round(statistics.fmean(r["train_s"] for r in rs if where(r) == k) / 60, 2)
+                                     for k in kinds},
                   "monitor_gains": [r["gain_points"] for r in rs], "checks": per_check}
     return out
 
 
-def table(summary: dict, device_note: str) -> str:
+def table(summary: dict, notes: dict[str, str]) -> str:
+    """``notes``: a few words per kind of machine (``GPU``, ``CPU``) for the train-time column."""
     keys = sorted({k for s in summary.values() for k in s["checks"]}, key=lambda k: int(k.split("/")[0]))
-    head = "| method | seeds | " + " | ".join(f"gain on {k} per seed (mean ± sd; worst)" for k in keys)
-    rows = [head + " | seeds at the 5-point bar | train time per run |",
+    head = "| method | runs | " + " | ".join(f"gain on {k} per run (mean ± sd; worst)" for k in keys)
+    rows = [head + " | runs at the 5-point bar | train time per run |",
             "|---|---|" + "---|" * len(keys) + "---|---|"]
     for m, s in summary.items():
+        kinds = list(s["train_min_mean"])
         cells = []
         for k in keys:
             c = s["checks"].get(k)
             if c is None:
                 cells.append("-")
                 continue
+            groups = []
+            for kind in kinds:
+                gs = [g for g, r in zip(c["gains"], s["runs"], strict=True) if r["where"] == kind]
+                groups.append((f"{kind} " if len(kinds) > 1 else "") + ", ".join(f"{g:+.1f}" for g in gs))
             sd = f" ± {c['sd']:.1f}" if c["sd"] is not None else ""
-            cells.append(f"{', '.join(f'{g:+.1f}' for g in c['gains'])} ({c['mean']:+.1f}{sd}; {c['min']:+.1f})")
-        first = s["checks"][keys[0]]
-        rows.append(f"| {m} | {len(s['seeds'])} | " + " | ".join(cells)
-                    + f" | {first['seeds_at_bar']} of {len(s['seeds'])} on {keys[0]} | "
-                      f"{s['train_min_mean']:.1f} min ({device_note}) |")
+            cells.append(f"{'; '.join(groups)} ({c['mean']:+.1f}{sd}; {c['min']:+.1f})")
+        n = len(s["runs"])
+        count = ", ".join(f"{sum(r['where'] == k for r in s['runs'])} {k}" for k in kinds)
+        times = "; ".join(f"{k} {t:.1f} min" + (f" ({notes[k]})" if notes.get(k) else "")
+                          for k, t in s["train_min_mean"].items())
+        rows.append(f"| {m} | {count} | " + " | ".join(cells)
+                    + f" | {s['checks'][keys[0]]['runs_at_bar']} of {n} on {keys[0]} | {times} |")
     return "\n".join(rows)
+
+
+def from_run(run: Path, checks: list[tuple[int, int]], load_note: str = "") -> dict:
+    """The record of a finished ``harness pretrain --preset small`` run on this machine (its CPU)."""
+    import torch
+
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    settings = json.loads(state["settings"])
+    rec = pl.from_run(run, 1000, 250)
+    if rec["overrides"]:
+        raise SystemExit(f"{run}: not the preset as shipped ({', '.join(rec['overrides'])})")
+    rec.pop("diagnostics")
+    rec.update({"seed": settings["seed"], "name": run.name, "device": "cpu", "load_note": load_note,
+                "final_diagnostics": last_diagnostics(state["history"]), "machine": machine_info("cpu"),
+                "checks": [pl.recheck(run, b, q) for b, q in checks]})
+    return rec
 
 
 def load_records(runs: Path) -> list[dict]:
@@ -122,7 +154,8 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
-    text = table(summary, machine.get("short", ""))
+    notes = {where(r): r.get("machine", {}).get("short", "") for r in records}
+    text = table(summary, notes)
     if readme and README.exists():
         doc_text = README.read_text()
         if START in doc_text and END in doc_text:
@@ -131,16 +164,25 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     return text
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(device: str) -> dict:
     import torch
 
-    info = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "device": device}
+    info = {"cpus": os.cpu_count(), "processor": cpu_model(), "torch": torch.__version__, "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["short"] = f"{info['gpu']}, runs side by side"
     else:
-        info["short"] = f"{os.cpu_count()} CPU cores"
+        info["short"] = f"{os.cpu_count()}-core {info['processor']}, bf16 autocast where fast, runs side by side"
     return info
 
 
@@ -162,6 +204,9 @@ def main() -> None:
     ap.add_argument("--summarise", type=Path, metavar="RUNS",
                     help="only rebuild --out and the table from a runs folder or a results file")
     ap.add_argument("--run-note", help="how the runs went (kept in --out until replaced)")
+    ap.add_argument("--add-run", type=Path, action="append", default=[], metavar="DIR",
+                    help="add a finished `harness pretrain --preset small` run of this machine to --out (repeatable)")
+    ap.add_argument("--load-note", default="", help="with --add-run: what else ran on the machine meanwhile")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     checks = [tuple(int(x) for x in c.split(",")) for c in args.checks.split(";") if c]
@@ -172,6 +217,13 @@ def main() -> None:
         path = args.runs / f"{rec['name']}.json"
         path.with_suffix(".tmp").write_text(json.dumps(rec, indent=1) + "\n")
         os.replace(path.with_suffix(".tmp"), path)
+        return
+    if args.add_run:  # CPU runs made with `harness pretrain`, beside the records already in --out
+        doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": [], "machine": {}}
+        added = [from_run(run, checks, args.load_note) for run in args.add_run]
+        names = {(r["name"], r["device"]) for r in added}
+        recs = [r for r in doc["runs"] if (r["name"], r.get("device")) not in names] + added
+        print(write(recs, args.out, doc.get("machine", {}), not args.no_readme, args.run_note))
         return
     if args.summarise:  # a runs folder, or a results file's runs
         recs = (json.loads(args.summarise.read_text())["runs"] if args.summarise.is_file()

@@ -20,18 +20,20 @@ def bench(load_benchmark):
     return load_benchmark("pretrain_seeds")
 
 
-def _record(method, seed, gains):
+def _record(method, seed, gains, device="cuda"):
     banks = ((4000, 2000), (8000, 4000))
     checks = [{"bank": b, "queries": q, "gain_points": g} for (b, q), g in zip(banks, gains, strict=True)]
-    return {"method": method, "seed": seed, "epochs": 10, "steps": 310, "train_s": 60.0 * (seed + 1),
-            "gain_points": gains[0] - 1, "checks": checks}
+    return {"method": method, "seed": seed, "name": f"{method}_s{seed}", "device": device, "epochs": 10,
+            "steps": 310, "train_s": 60.0 * (seed + 1), "gain_points": gains[0] - 1, "checks": checks}
 
 
 def test_summary_statistics_match_numpy(bench):
     gains = {"swav": [(11.8, 13.2), (10.7, 14.1), (4.9, 7.4)], "byol": [(3.7, 2.6), (2.9, 2.2), (3.5, -0.1)]}
     recs = [_record(m, s, g) for m, gs in gains.items() for s, g in enumerate(gs)]
+    recs.append(_record("swav", 1, (6.2, 5.5), device="cpu"))  # a CPU run of a seed the GPU ran too
     summary = bench.summarise(recs[::-1])  # order of the records does not matter
     assert list(summary) == ["swav", "byol"]  # the table's method order
+    gains["swav"].append((6.2, 5.5))  # GPU runs first, then CPU
     for m, gs in gains.items():
         for i, key in enumerate(("4000/2000", "8000/4000")):
             g = np.array([x[i] for x in gs], dtype=np.float64)
@@ -39,12 +41,15 @@ def test_summary_statistics_match_numpy(bench):
             assert c["gains"] == list(g)
             assert c["mean"] == pytest.approx(g.mean(), abs=0.005)
             assert c["sd"] == pytest.approx(g.std(ddof=1), abs=0.005)
-            assert c["min"] == g.min() and c["seeds_at_bar"] == int((g >= 5).sum())
-        assert summary[m]["train_min_mean"] == pytest.approx(2.0)  # 1, 2 and 3 minutes
-    assert summary["swav"]["checks"]["4000/2000"]["seeds_at_bar"] == 2
-    table = bench.table(summary, "test")
-    assert "| swav | 3 | +11.8, +10.7, +4.9 (+9.1 ± 3.7; +4.9)" in table
-    assert "| 0 of 3 on 4000/2000 |" in table
+            assert c["min"] == g.min() and c["runs_at_bar"] == int((g >= 5).sum())
+    assert summary["byol"]["train_min_mean"] == {"GPU": pytest.approx(2.0)}  # 1, 2 and 3 minutes
+    assert summary["swav"]["train_min_mean"] == {"GPU": pytest.approx(2.0), "CPU": pytest.approx(2.0)}
+    assert [r["where"] for r in summary["swav"]["runs"]] == ["GPU"] * 3 + ["CPU"]
+    assert summary["swav"]["checks"]["4000/2000"]["runs_at_bar"] == 3
+    table = bench.table(summary, {"GPU": "test gpu"})
+    assert "| swav | 3 GPU, 1 CPU | GPU +11.8, +10.7, +4.9; CPU +6.2 (+8.4 ± 3.4; +4.9)" in table
+    assert "| byol | 3 GPU | +3.7, +2.9, +3.5 (+3.4 ± 0.4; +2.9)" in table
+    assert "| 0 of 3 on 4000/2000 | GPU 2.0 min (test gpu) |" in table
 
 
 def _run(tmp_path, *extra, timeout=600):
@@ -79,3 +84,16 @@ def test_runs_record_each_seed_and_a_deadline_stops_runs_that_a_rerun_finishes(t
 
     again = _run(tmp_path)  # finished runs are not trained again
     assert again.returncode == 0 and "seed 0:" not in again.stdout
+
+    # a run recorded from its folder (--add-run, as for `harness pretrain` runs) replaces the record of that run,
+    # with the same checks
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    added = subprocess.run([sys.executable, str(SCRIPT), "--add-run", str(tmp_path / "runs" / "simclr_s1"),
+                            "--checks", "1000,250", "--out", str(tmp_path / "seeds.json"), "--no-readme",
+                            "--load-note", "test"], env=env, capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stderr
+    doc2 = json.loads((tmp_path / "seeds.json").read_text())
+    assert len(doc2["runs"]) == 2
+    rec = next(r for r in doc2["runs"] if r["seed"] == 1)
+    assert rec["load_note"] == "test" and rec["checks"] == runs[1]["checks"]
+    assert doc2["summary"]["simclr"]["checks"]["1000/250"]["gains"] == s["gains"]
