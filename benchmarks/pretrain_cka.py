@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,27 @@ def early_late(matrix: list[list[float]]) -> float:
     half = n // 2
     cells = [matrix[i][j] for i in range(half) for j in range(half, n)]
     return sum(cells) / len(cells)
+
+
+def seed_groups(rows: dict[str, dict]) -> dict[str, dict]:
+    """Early-vs-late CKA pooled over the seeds of one recipe: labels that differ only in a trailing ``_s<N>``.
+
+    Returns, per recipe with at least two seeds, the labels, their values, the mean and the sample sd, so that a
+    difference between two recipes can be read against the spread between seeds of one.
+    """
+    groups: dict[str, list[str]] = {}
+    for label in rows:
+        m = re.fullmatch(r"(.+)_s\d+", label)
+        if m:
+            groups.setdefault(m.group(1), []).append(label)
+    out = {}
+    for name, labels in groups.items():
+        if len(labels) < 2:
+            continue
+        values = [rows[lab]["early_vs_late"] for lab in labels]
+        out[name] = {"labels": labels, "early_vs_late": values, "mean": round(statistics.fmean(values), 4),
+                     "sd": round(statistics.stdev(values), 4)}
+    return out
 
 
 def main() -> None:
@@ -55,11 +78,13 @@ def main() -> None:
                 diagonal = [round(m[k][k], 4) for k in range(len(m))]
                 cross[f"{labels[i]}|{labels[names.index(b)]}"] = {"taps": doc["taps"][a], "diagonal": diagonal}
     out = {"data": doc["data"], "n": doc["n"], "estimator": doc["estimator"], "kernel": doc["kernel"],
-           "feature_mode": doc["feature_mode"], "encoders": rows, "cross": cross}
+           "feature_mode": doc["feature_mode"], "encoders": rows, "cross": cross, "seed_groups": seed_groups(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     for label, r in rows.items():
         print(f"{label}: early-vs-late CKA {r['early_vs_late']:.3f}, mean off-diagonal {r['mean_offdiag']:.3f}")
+    for name, g in out["seed_groups"].items():
+        print(f"{name} over {len(g['labels'])} seeds: early-vs-late CKA {g['mean']:.3f} ± {g['sd']:.3f} (sd)")
     for pair, c in cross.items():
         print(f"{pair}: CKA of matching taps {', '.join(f'{v:.3f}' for v in c['diagonal'])}")
 
