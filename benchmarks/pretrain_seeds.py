@@ -154,7 +154,12 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
-    notes = {where(r): r.get("machine", {}).get("short", "") for r in records}
+    shorts: dict[str, list[str]] = {}  # runs of one kind may come from several machines
+    for r in records:
+        short = r.get("machine", {}).get("short", "")
+        if short and short not in shorts.setdefault(where(r), []):
+            shorts[where(r)].append(short)
+    notes = {k: " / ".join(v) for k, v in shorts.items()}
     text = table(summary, notes)
     if readme and README.exists():
         doc_text = README.read_text()
