@@ -137,6 +137,20 @@ def from_run(run: Path, checks: list[tuple[int, int]], load_note: str = "") -> d
     return rec
 
 
+def retire(out: Path, methods: list[str], note: str, readme: bool) -> str:
+    """Move ``methods``' runs out of the summary into the file's ``superseded`` list, each with ``note``."""
+    doc = json.loads(out.read_text())
+    moved = [r for r in doc["runs"] if r["method"] in methods]
+    if not moved:
+        raise SystemExit(f"{out}: no runs of {', '.join(methods)} to retire")
+    kept = [r for r in doc["runs"] if r["method"] not in methods]
+    doc["superseded"] = doc.get("superseded", []) + [{**r, "superseded_because": note} for r in moved]
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)
+    return write(kept, out, doc.get("machine", {}), readme, doc.get("run_note"))
+
+
 def load_records(runs: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(runs.glob("*_s*.json"))]
 
@@ -146,6 +160,8 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     old = json.loads(out.read_text()) if out.exists() else {}
     doc = {"summary": summary, "runs": records, "machine": machine,
            "run_note": run_note or old.get("run_note", ""),
+           # runs of recipes a preset no longer ships (--retire): kept as measured, out of the summary
+           "superseded": old.get("superseded", []),
            "note": "kNN: weighted k=20 on pooled features, synthetic train renders as the bank and val renders as "
                    "queries, labels synth shape_cls; each check compares the run's initial backbone (rebuilt from "
                    "its seed) with its final one on the same bank and queries",
@@ -212,6 +228,10 @@ def main() -> None:
     ap.add_argument("--add-run", type=Path, action="append", default=[], metavar="DIR",
                     help="add a finished `harness pretrain --preset small` run of this machine to --out (repeatable)")
     ap.add_argument("--load-note", default="", help="with --add-run: what else ran on the machine meanwhile")
+    ap.add_argument("--retire", metavar="METHOD", action="append", default=[],
+                    help="move METHOD's runs in --out out of the summary into 'superseded' (its preset's recipe "
+                         "changed), with --retire-note saying why (repeatable)")
+    ap.add_argument("--retire-note", default="")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     checks = [tuple(int(x) for x in c.split(",")) for c in args.checks.split(";") if c]
@@ -222,6 +242,11 @@ def main() -> None:
         path = args.runs / f"{rec['name']}.json"
         path.with_suffix(".tmp").write_text(json.dumps(rec, indent=1) + "\n")
         os.replace(path.with_suffix(".tmp"), path)
+        return
+    if args.retire:
+        if not args.retire_note:
+            raise SystemExit("--retire needs --retire-note: what the recipe was and why it was replaced")
+        print(retire(args.out, args.retire, args.retire_note, not args.no_readme))
         return
     if args.add_run:  # CPU runs made with `harness pretrain`, beside the records already in --out
         doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": [], "machine": {}}

@@ -124,3 +124,20 @@ def test_preset_learns_flags_agree_with_the_measured_gains(capsys):
         assert warned == (not preset.learns), method
     # the marks differ today: the check above sees both a marked and an unmarked recipe
     assert len({p.learns for p in PRESETS["small"].values()}) == 2
+
+
+def test_the_measured_runs_behind_each_preset_used_its_recipe():
+    # a preset's learns mark rests on the runs in benchmarks/results/: each of them must have trained with the
+    # preset's settings, epochs, rate, batch and images as shipped, so that changing a recipe without measuring it
+    # again (or leaving a superseded recipe's runs in the table) fails here
+    results = ROOT / "benchmarks" / "results"
+    rows = list(json.loads((results / "pretrain_learning.json").read_text())["results"].values())
+    rows += json.loads((results / "pretrain_seeds.json").read_text())["runs"]
+    seen = set()
+    for row in rows:
+        p = get_preset(row["method"], row["preset"])
+        recipe = (row["settings"], row["epochs"], row["lr"], row["batch_size"], row["images"],
+                  row.get("overrides") or [])
+        assert recipe == (p.settings, p.epochs, p.lr, p.batch_size, p.limit, []), row.get("name", row["method"])
+        seen.add(row["method"])
+    assert seen == set(PRESETS["small"])

@@ -97,3 +97,27 @@ def test_runs_record_each_seed_and_a_deadline_stops_runs_that_a_rerun_finishes(t
     rec = next(r for r in doc2["runs"] if r["seed"] == 1)
     assert rec["load_note"] == "test" and rec["checks"] == runs[1]["checks"]
     assert doc2["summary"]["simclr"]["checks"]["1000/250"]["gains"] == s["gains"]
+
+
+def test_retire_moves_a_changed_recipes_runs_out_of_the_summary_and_keeps_them(tmp_path):
+    out = tmp_path / "seeds.json"
+    recs = [_record("mocov2", s, g) for s, g in enumerate([(5.6, 6.5), (1.9, 4.0)])] + [_record("swav", 0, (9.0, 8.0))]
+    out.write_text(json.dumps({"runs": recs, "machine": {}, "run_note": "kept"}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, str(SCRIPT), "--out", str(out), "--no-readme", "--retire", "mocov2"]
+    refused = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--retire-note" in refused.stderr
+    assert json.loads(out.read_text())["runs"] == recs  # nothing moved
+    done = subprocess.run(base + ["--retire-note", "150-epoch recipe"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert list(doc["summary"]) == ["swav"] and [r["name"] for r in doc["runs"]] == ["swav_s0"]
+    assert [(r["name"], r["superseded_because"]) for r in doc["superseded"]] == [
+        ("mocov2_s0", "150-epoch recipe"), ("mocov2_s1", "150-epoch recipe")]
+    assert doc["superseded"][1]["checks"] == recs[1]["checks"] and doc["run_note"] == "kept"
+    # a later rewrite of the summary keeps them
+    again = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--no-readme", "--summarise", str(out)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(out.read_text())["superseded"]) == 2
