@@ -93,7 +93,8 @@ def summarise(records: list[dict]) -> dict:
 
 
 def table(summary: dict, notes: dict[str, str]) -> str:
-    """``notes``: a few words per kind of machine (``GPU``, ``CPU``) for the train-time column."""
+    """``notes``: a few words per method and kind of machine (``"swav CPU"``), or per kind (``"GPU"``), for the
+    train-time column."""
     keys = sorted({k for s in summary.values() for k in s["checks"]}, key=lambda k: int(k.split("/")[0]))
     head = "| method | runs | " + " | ".join(f"gain on {k} per run (mean ± sd; worst)" for k in keys)
     rows = [head + " | runs at the 5-point bar | train time per run |",
@@ -114,7 +115,7 @@ def table(summary: dict, notes: dict[str, str]) -> str:
             cells.append(f"{'; '.join(groups)} ({c['mean']:+.1f}{sd}; {c['min']:+.1f})")
         n = len(s["runs"])
         count = ", ".join(f"{sum(r['where'] == k for r in s['runs'])} {k}" for k in kinds)
-        times = "; ".join(f"{k} {t:.1f} min" + (f" ({notes[k]})" if notes.get(k) else "")
+        times = "; ".join(f"{k} {t:.1f} min" + (f" ({note})" if (note := notes.get(f"{m} {k}", notes.get(k))) else "")
                           for k, t in s["train_min_mean"].items())
         rows.append(f"| {m} | {count} | " + " | ".join(cells)
                     + f" | {s['checks'][keys[0]]['runs_at_bar']} of {n} on {keys[0]} | {times} |")
@@ -170,11 +171,11 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
-    shorts: dict[str, list[str]] = {}  # runs of one kind may come from several machines
+    shorts: dict[str, list[str]] = {}  # one method's runs of one kind may come from several machines
     for r in records:
-        short = r.get("machine", {}).get("short", "")
-        if short and short not in shorts.setdefault(where(r), []):
-            shorts[where(r)].append(short)
+        short, key = r.get("machine", {}).get("short", ""), f"{r['method']} {where(r)}"
+        if short and short not in shorts.setdefault(key, []):
+            shorts[key].append(short)
     notes = {k: " / ".join(v) for k, v in shorts.items()}
     text = table(summary, notes)
     if readme and README.exists():

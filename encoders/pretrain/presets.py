@@ -1,6 +1,6 @@
 """Named bundles of settings for ``harness pretrain --preset NAME``. The published ImageNet settings stay every
 method's default. ``small`` is the CPU-scale recipe per method (ResNet-18, 64 px, 4,000 synthetic renders, batch
-128, 30 epochs (MoCo v1: 100, MoCo v2: 150, SwAV: 70, BYOL: 180, on 32 px views), bf16 autocast). ``learns`` and
+128, 30 epochs (MoCo v1 and v2: 100, SwAV: 70, BYOL: 180, on 32 px views), bf16 autocast). ``learns`` and
 README.md say which have been measured to learn (``benchmarks/pretrain_learning.py``, and over seeds
 ``benchmarks/pretrain_seeds.py``); the others are starting points. The MoCo queues hold
 512 keys: a queue of 4,096 covers the whole 4,000-image corpus, so each image's own key from the previous epoch
@@ -41,15 +41,17 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "small": {
         "simclr": Preset({**_SGD, **_SMALL_AUG, "temperature": "0.2"}, lr=0.5, **_SMALL_DATA,
                          note="SGD 0.5 instead of LARS 0.15, T 0.2, MoCo v2 crops and jitter"),
-        # 150 epochs on 32 px views of the 64 px renders (kNN stays at 64 px), shuffle-BN over 2 sub-batches of 64:
-        # 30 epochs at 64 px learned the instance task but left kNN in the early dip, and 100 epochs with 8 splits
-        # of 16 landed on either side of the 5-point bar in two runs; over six runs of this recipe (three GPU seeds,
-        # three CPU runs) the mean gain is +4.5, below the bar, so it is unmarked (measured: README.md)
-        "mocov2": Preset({**_SGD, **_SMALL_AUG, "queue": "512", "momentum": "0.99", "temperature": "0.2",
-                          "head_bn": "true", "augment.global_size": "32", "bn_splits": "2"},
-                         lr=0.06, **{**_SMALL_DATA, "epochs": 150},
+        # MoCo v2's MLP head (with BN) and cosine rate, but v1's colour jitter (0.4 hue, always applied) and no blur,
+        # 100 epochs on 32 px views of the 64 px renders (kNN stays at 64 px), shuffle-BN over 2 sub-batches of 64.
+        # With v2's augmentation (jitter hue 0.1 at p 0.8, blur p 0.5) the same recipe gained +4.5 on average over
+        # six runs at 150 epochs; MoCo v1 given v2's augmentation fell from +9.7 to +6.4: on these renders the hue
+        # invariance is what the instance task has to teach (measured: README.md)
+        "mocov2": Preset({**_SGD, "augment.global_scale": "0.2,1", "augment.jitter": "0.4,0.4,0.4,0.4",
+                          "augment.jitter_p": "1.0", "augment.blur_p": "0", "queue": "512", "momentum": "0.99",
+                          "temperature": "0.2", "head_bn": "true", "augment.global_size": "32", "bn_splits": "2"},
+                         lr=0.06, **{**_SMALL_DATA, "epochs": 100},
                          note="queue 512, m 0.99, T 0.2, BN in the MLP head, shuffle-BN as 2 split sub-batches, "
-                              "32 px views, 150 epochs", learns=False),
+                              "v1's colour jitter and no blur, 32 px views, 100 epochs"),
         # MoCo v1's default schedule is a constant rate (its published step decay falls after epoch 120)
         "mocov1": Preset({**_SGD, "optim.cosine": "true", "queue": "512", "momentum": "0.99", "temperature": "0.2",
                           "augment.global_size": "32"},

@@ -50,6 +50,10 @@ def test_summary_statistics_match_numpy(bench):
     assert "| swav | 3 GPU, 1 CPU | GPU +11.8, +10.7, +4.9; CPU +6.2 (+8.4 ± 3.4; +4.9)" in table
     assert "| byol | 3 GPU | +3.7, +2.9, +3.5 (+3.4 ± 0.4; +2.9)" in table
     assert "| 0 of 3 on 4000/2000 | GPU 2.0 min (test gpu) |" in table
+    # a note for one method's CPU runs stays on that method's row
+    table = bench.table(summary, {"GPU": "test gpu", "swav CPU": "2-core test cpu"})
+    assert "| GPU 2.0 min (test gpu); CPU 2.0 min (2-core test cpu) |" in table.splitlines()[2]
+    assert "test cpu" not in table.splitlines()[3]
 
 
 def _run(tmp_path, *extra, timeout=600):
