@@ -35,6 +35,9 @@ class BYOLConfig(MethodConfig):
     # the predictor's rate over the encoder's (1 in BYOL; Tian et al. 2021 found a faster predictor helps
     # non-contrastive learning, SimSiam keeps the predictor's rate from decaying)
     predictor_lr_mult: float = 1.0
+    # True forwards each view through the networks on its own, as the BYOL authors' implementation does, so that
+    # every BatchNorm normalises over one view's batch; False (as measured so far) batches the two views together
+    bn_per_view: bool = False
     optim: OptimDefaults = field(default_factory=lambda: OptimDefaults(
         "lars", lr=0.2, lr_batch=256, weight_decay=1.5e-6, warmup_epochs=10, cosine=True))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(global_scale=(0.08, 1.0),
@@ -65,10 +68,16 @@ class BYOL(Method):
         return [{"params": rest}, {"params": list(self.predictor.parameters()), "lr_mult": self.cfg.predictor_lr_mult}]
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z = self.projector(encode_views(self.backbone, views[:2]))
-        p1, p2 = self.predictor(z).float().chunk(2)
-        with torch.no_grad():
-            t1, t2 = self.target_projector(encode_views(self.target_backbone, views[:2])).float().chunk(2)
+        if self.cfg.bn_per_view:
+            z = torch.cat([self.projector(self.backbone(v)) for v in views[:2]])
+            p1, p2 = (self.predictor(zv).float() for zv in z.chunk(2))
+            with torch.no_grad():
+                t1, t2 = (self.target_projector(self.target_backbone(v)).float() for v in views[:2])
+        else:
+            z = self.projector(encode_views(self.backbone, views[:2]))
+            p1, p2 = self.predictor(z).float().chunk(2)
+            with torch.no_grad():
+                t1, t2 = self.target_projector(encode_views(self.target_backbone, views[:2])).float().chunk(2)
         with full_precision(p1):
             loss = (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2
         return loss, {"z_std": embedding_std(z[:p1.shape[0]]),
