@@ -96,7 +96,7 @@ def bare_dense(task_name: str, rec: dict, precision: str) -> float:
     opts = EvalOptions(encoder="resnet18", tasks=[task], device="cpu")
     encoder = create_encoder("resnet18")
     head_entry = HEADS[task.head]
-    taps = tuple(head_entry.taps(task))
+    taps = tuple(head_entry.taps(task, encoder.taps))
     bs = task.batch_size
     splits = {}
     t0 = time.perf_counter()

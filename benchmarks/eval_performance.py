@@ -64,7 +64,7 @@ def reference_dense(task, opts, epochs, device) -> float:
     """The reference implementation's protocol: the encoder runs on every batch of every epoch."""
     encoder = create_encoder(opts.encoder)
     head_entry = get_head(task.head)
-    taps = tuple(head_entry.taps(task))
+    taps = tuple(head_entry.taps(task, encoder.taps))
     head = head_entry.build(encoder.taps, task).to(device)
     loss_fn = get_loss(task)
     opt = torch.optim.Adam(head.parameters(), lr=task.optim.lr)
@@ -126,7 +126,7 @@ def main() -> None:
                        device=args.device)
     batches = preprocessed_batches(task, opts, task.batch_size)  # renders generated (and cached) here, untimed
     encoder = create_encoder(args.encoder)
-    taps = tuple(get_head(task.head).taps(task))
+    taps = tuple(get_head(task.head).taps(task, encoder.taps))
     settings = EncodeSettings(device=device)
     bare_pass(encoder, batches[:2], taps, device, settings)  # warm-up
     bare = bare_pass(encoder, batches, taps, device, settings)

@@ -42,7 +42,7 @@ C_GRID = tuple(10.0 ** e for e in range(-4, 3))
 
 def encoded(encoder, task, opts, cache_root):
     """(train, val, test) feature sources of the head's taps, encoded once into ``cache_root``."""
-    taps = tuple(get_head(task.head).taps(task))
+    taps = tuple(get_head(task.head).taps(task, encoder.taps))
     settings = EncodeSettings(device=torch.device("cpu"), batch_size=task.batch_size, cache_root=cache_root)
     stats = CacheStats()
     trains, val_ds, _, _ = _train_val(task, opts, 1)

@@ -102,7 +102,7 @@ def eval_overhead(task_name: str, encoder_name: str, resolution: int | None, dev
     base = dict(encoder=encoder_name, tasks=[task], out=out_dir, resolution=resolution, device=str(device))
     batches = preprocessed_batches(task, EvalOptions(**base), task.batch_size)  # renders made here, untimed
     encoder = create_encoder(encoder_name)
-    taps = tuple(get_head(task.head).taps(task))
+    taps = tuple(get_head(task.head).taps(task, encoder.taps))
     settings = EncodeSettings(device=device)
     bare_pass(encoder, batches[:2], taps, device, settings)  # warm-up
     real_supports = runner.supports

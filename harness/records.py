@@ -52,7 +52,7 @@ class EvalRecord:
     encoder_info: dict[str, Any] = field(default_factory=dict)
     category: str = ""
     head: str = ""
-    taps: list[str] = field(default_factory=list)
+    taps: list[dict] = field(default_factory=list)  # head inputs: {input, stride, channels, tap, how}
     output_resolution: list[int] | None = None
     epochs: int | None = None
     secondary: dict[str, Any] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from torch.utils.data import Subset
 
 from encoders.base import FrozenEncoder
 from encoders.registry import create_encoder
-from heads import count_parameters, get_head
+from heads import HeadInputError, count_parameters, get_head
 from heads.registry import HeadEntry
 from tasks.datasets.base import TaskDataset
 from tasks.registry import get_task
@@ -39,7 +39,7 @@ from .cache import FeatureKey
 from .common.device import resolve_device
 from .common.errors import HarnessError, UsageError
 from .common.progress import TrainProgress, log
-from .common.taps import DILATED_TAP, Tap
+from .common.taps import Tap
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .splits import carve_val
@@ -105,6 +105,7 @@ class TaskPlan:
     seeds: tuple[int, ...]
     settings: EncodeSettings
     workers: int | None  # None: chosen per dataset (default_workers)
+    inputs: list[dict] = field(default_factory=list)  # which tap feeds which head input, and how (record)
 
 
 @dataclass
@@ -220,12 +221,11 @@ def default_workers(dataset) -> int:
 
 def plan_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device: torch.device) -> TaskPlan:
     head = get_head(task.head)
-    taps = tuple(head.taps(task))
-    missing = [t for t in taps if t not in encoder.taps]
-    if missing:
-        hint = " (the dilated last stage that torchvision ResNets declare)" if DILATED_TAP in missing else ""
-        raise HarnessError(f"task {task.name}: its {task.head} head reads tap(s) {missing}{hint}, which encoder "
-                           f"{encoder.name} does not declare (it has {list(encoder.taps)}); use an encoder that does")
+    try:
+        taps = head.taps(task, encoder.taps)
+    except HeadInputError as exc:
+        raise HarnessError(f"task {task.name}: encoder {encoder.name} cannot feed its {task.head} head: {exc}; "
+                           f"use an encoder with such taps or another task") from None
     bs = opts.batch_size or task.batch_size
     settings = EncodeSettings(device=device, batch_size=bs, num_workers=opts.num_workers or 0,
                               precision=opts.precision, use_cache=opts.use_cache,
@@ -233,7 +233,8 @@ def plan_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device:
     return TaskPlan(task=task, head=head, taps=taps, epochs=opts.epochs or task.epochs, batch_size=bs,
                     copies=(opts.aug_copies or task.aug_copies) if task.train_transform.random else 1,
                     grid=task.grid if opts.grid == "full" else (task.optim,),
-                    seeds=tuple(range(opts.seed, opts.seed + opts.seeds)), settings=settings, workers=opts.num_workers)
+                    seeds=tuple(range(opts.seed, opts.seed + opts.seeds)), settings=settings, workers=opts.num_workers,
+                    inputs=head.describe(task, encoder.taps))
 
 
 def _feature_key(encoder: FrozenEncoder, plan: TaskPlan, opts: EvalOptions, task: TaskSpec, split: str, n: int,
@@ -398,7 +399,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
         cache={"hits": stats.hits, "misses": stats.misses, "rebuilt": stats.rebuilt, "on_the_fly": stats.on_the_fly,
                "waited": stats.waited},
         encoder_fingerprint=encoder.fingerprint(), encoder_info=encoder.info.__dict__,
-        category=target.category, head=target.head, taps=list(plan.taps),
+        category=target.category, head=target.head, taps=_inputs_record(plan, sel),
         output_resolution=[int(x) for x in sample.shape[-2:]] if target.output == "pixel" else None,
         epochs=plan.epochs, secondary={"test": seed_rows[0]["test_scores"]},
         n={"train": sel.n_train, "val": sel.n_val, "test": len(test_ds), "aug_copies": plan.copies},
@@ -413,6 +414,16 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
                                  "val_std": statistics.stdev(vals)})
     log(f"test {target.name}: {target.metric} {record.test:.4f}")
     return record
+
+
+def _inputs_record(plan: TaskPlan, sel: Selection) -> list[dict]:
+    """The record's ``taps``: which tap fed which input of the head and how it was made."""
+    tap, pool = sel.fields.get("tap"), sel.fields.get("pool")
+    if tap in (None, probes.DEFAULT_TAP):
+        return plan.inputs
+    how = (f"average-pooled to {pool['grid'][0]}x{pool['grid'][1]} ({pool['features']} features), flattened"
+           if pool else "encoder tap")
+    return [{"input": "embedding", "stride": None, "tap": tap, "how": how}]
 
 
 def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,

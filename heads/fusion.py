@@ -12,7 +12,7 @@ from torch import nn
 from harness.common.taps import Tap
 
 from .linear import Standardize
-from .registry import HeadTarget, register_head
+from .registry import HeadTarget, embedding_input, register_head
 
 HIDDEN = 512
 
@@ -31,7 +31,7 @@ class FusionHead(nn.Module):
         return self.fuse(self.norm(emb).flatten(1))
 
 
-@register_head("fusion", taps=lambda task: ("embedding",),
+@register_head("fusion", inputs=embedding_input,
                description="per-frame embeddings concatenated -> Linear(S*D, 512) -> ReLU -> Linear(512, n)")
 def build_fusion(taps: dict[str, Tap], task: HeadTarget) -> FusionHead:
     return FusionHead(taps["embedding"].channels, task.frames, task.num_outputs)

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from harness.common.taps import Tap
 
-from .registry import HeadTarget, register_head
+from .registry import HeadTarget, embedding_input, register_head
 
 
 class Standardize(nn.BatchNorm1d):
@@ -50,8 +50,4 @@ def build_linear(taps: dict[str, Tap], task: HeadTarget) -> LinearHead:
     return LinearHead(taps["embedding"].channels, task.num_outputs)
 
 
-def _linear_taps(task: HeadTarget) -> tuple[str, ...]:
-    return ("embedding",)
-
-
-register_head("linear", taps=_linear_taps, description="Linear(D, n) on the standardised embedding")(build_linear)
+register_head("linear", inputs=embedding_input, description="Linear(D, n) on the standardised embedding")(build_linear)

@@ -34,13 +34,15 @@ def test_missing_required_option_is_a_usage_error(tmp_path):
 
 
 def test_an_eval_with_a_failed_task_exits_1_and_prints_the_whole_error(tmp_path):
-    # timm ResNets do not declare block4_os16, so the DeepLab task fails; the linear one runs.
-    out = tmp_path / "out"
-    proc = harness(tmp_path, "eval", "--encoder", "timm:resnet18", "--task", "synth_count", "--task", "synth_seg",
-                   "--limit", "40", "--epochs", "1", "--grid", "single", "--device", "cpu", "--out", str(out))
+    # NYU depth's data is not under the (empty) data root, so that task fails; the synthetic one runs.
+    out, empty = tmp_path / "out", tmp_path / "no-data"
+    empty.mkdir()
+    proc = harness(tmp_path, "eval", "--encoder", "resnet18", "--task", "synth_count", "--task", "nyu_depth",
+                   "--data-root", str(empty), "--limit", "40", "--epochs", "1", "--grid", "single", "--device", "cpu",
+                   "--out", str(out))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    failure = next(line for line in proc.stdout.splitlines() if line.startswith("FAILED timm:resnet18 / synth_seg"))
-    assert "block4_os16" in failure and "use an encoder that does" in failure  # the full line, not a cut cell
+    failure = next(line for line in proc.stdout.splitlines() if line.startswith("FAILED resnet18 / nyu_depth"))
+    assert "dataset not found" in failure and "harness data layout nyu_depth" in failure  # the full line
     ok = [p for p in out.glob("*.json") if "synth_count" in p.name]
     assert len(ok) == 1
 

@@ -118,20 +118,31 @@ def test_augmented_copies_are_encoded_once_each_and_cycled(tmp_path, monkeypatch
     assert record["transform"]["train"] != record["transform"]["eval"]
 
 
-def test_a_head_reading_an_undeclared_tap_fails_before_encoding(tmp_path, monkeypatch):
-    """DeepLabv3+ reads block4_os16, which timm models do not declare: one clear error, nothing encoded;
-    in a multi-task run each such task is recorded as failed with that error."""
+def test_an_encoder_whose_taps_cannot_feed_the_head_fails_before_encoding(tmp_path, monkeypatch):
+    """An encoder with no spatial maps cannot feed DeepLabv3+: one clear error, nothing encoded; in a
+    multi-task run each such task is recorded as failed with that error."""
+    from encoders.base import EncoderInfo, FrozenEncoder, TapModel
     from harness.common.errors import HarnessError
+    from harness.common.taps import Tap
     from tasks import get_task
+
+    class PooledOnly(TapModel):
+        taps = (Tap("embedding", 4, None),)
+
+        def forward(self, x, taps):
+            return {"embedding": x.mean((2, 3)).repeat(1, 2)[:, :4]}
 
     calls = []
     monkeypatch.setattr(runner, "get_features", lambda *a, **k: calls.append(a) or None)
-    opts = EvalOptions(encoder="timm:resnet18", tasks=[get_task("synth_seg")], out=tmp_path, device="cpu")
-    with pytest.raises(HarnessError, match=r"block4_os16.*timm:resnet18 does not declare"):
+    monkeypatch.setattr(runner, "create_encoder",
+                        lambda *a, **k: FrozenEncoder(PooledOnly(), EncoderInfo(name="pooled", arch="x")))
+    opts = EvalOptions(encoder="pooled", tasks=[get_task("synth_seg")], out=tmp_path, device="cpu", debug=True)
+    with pytest.raises(HarnessError, match=r"encoder pooled cannot feed its deeplabv3plus head.*no spatial maps"):
         run_eval(opts)
     assert calls == []
+    opts.debug = False
     opts.tasks = [get_task("synth_seg"), get_task("synth_walkable")]
     recs = run_eval(opts)
     assert [r["status"] for r in recs] == ["failed", "failed"]
-    assert all("block4_os16" in r["error"] for r in recs)
+    assert all("cannot feed its deeplabv3plus head" in r["error"] for r in recs)
     assert calls == []

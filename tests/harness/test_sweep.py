@@ -54,14 +54,16 @@ def test_local_sweep_runs_every_job_once_and_a_rerun_submits_nothing(tmp_path):
 
 def test_a_failing_job_is_retried_then_reported_while_the_others_finish(tmp_path):
     out = tmp_path / "out"
-    # timm ResNets declare no block4_os16: every synth_seg job on timm:resnet18 fails at run time.
-    proc = sweep(out, "--encoder", "timm:resnet18", "--task", "synth_count", "--task", "synth_seg", "--retries", "1",
-                 cache=tmp_path / "cache")
+    # NYU depth's data is not under the (empty) data root: every nyu_depth job fails at run time.
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    proc = sweep(out, "--encoder", "resnet18", "--task", "synth_count", "--task", "nyu_depth", "--retries", "1",
+                 "--data-root", str(empty), cache=tmp_path / "cache")
     assert proc.returncode == 1, proc.stderr[-3000:]
     jobs = {j["task"]: j for j in json.loads(proc.stdout)["jobs"]}
     assert jobs["synth_count"]["status"] == "done" and jobs["synth_count"]["attempts"] == 1
-    bad = jobs["synth_seg"]
-    assert bad["status"] == "failed" and bad["attempts"] == 2 and "block4_os16" in bad["error"]
+    bad = jobs["nyu_depth"]
+    assert bad["status"] == "failed" and bad["attempts"] == 2 and "dataset not found" in bad["error"]
     assert "retrying" in proc.stderr
 
 

@@ -65,7 +65,7 @@ def _encoder(arch: str, device: str) -> FrozenEncoder:
 def test_output_shapes(arch, size, device, head, outputs, frames):
     enc = _encoder(arch, device)
     entry = HEADS[head]
-    taps = entry.taps(_task(outputs, frames))
+    taps = entry.taps(_task(outputs, frames), enc.taps)
     with torch.device(device):
         module = entry.build(enc.taps, _task(outputs, frames)).eval()
     shape = (2, frames, 3, *size) if frames > 1 else (2, 3, *size)
@@ -109,7 +109,7 @@ def test_heads_train_and_deeplab_accepts_a_batch_of_one():
         entry = HEADS[name]
         head = entry.build(enc.taps, _task(outputs, frames)).train()
         shape = (1, frames, 3, 32, 32) if frames > 1 else (1, 3, 32, 32)
-        out = head(enc(torch.rand(shape), entry.taps(_task(outputs, frames))), size=(32, 32))
+        out = head(enc(torch.rand(shape), entry.taps(_task(outputs, frames), enc.taps)), size=(32, 32))
         out.sum().backward()
         assert all(p.grad is not None for p in head.parameters())
 
