@@ -37,7 +37,7 @@ from harness.common.taps import DILATED_TAP
 
 from .base import EncoderInfo, FrozenEncoder, Tap, TapModel
 from .resnet import ResNetTaps
-from .vit import ViTTaps, vit_kwargs
+from .vit import ViTTaps, input_size_errors, vit_kwargs
 
 STRIDE_TAPS = {2: "conv", 4: "block1", 8: "block2", 16: "block3", 32: "block4"}
 PROBE_SIZE = 224
@@ -116,6 +116,10 @@ class FeatureListTaps(TapModel):
         return [_channels_first(f, self.nhwc) for f in feats]
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        with input_size_errors(x):
+            return self._forward(x, taps)
+
+    def _forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         plain = [t for t in taps if t != DILATED_TAP]
         if DILATED_TAP in taps:
@@ -278,6 +282,21 @@ def torchvision_encoder(name: str, seed: int = 0) -> FrozenEncoder:
     return FrozenEncoder(model, info)
 
 
+def _timm_create(name: str, seed: int, kwargs: dict[str, Any], size_options: tuple[dict[str, Any], ...]):
+    """``timm.create_model`` with the first of ``size_options`` the architecture accepts (inputs of any
+    size: interpolated position tables, padded patches), else plain; (model, the option taken)."""
+    import timm
+
+    for extra in size_options:
+        try:
+            return _seeded(seed, lambda e=extra: timm.create_model(name, pretrained=False, **e, **kwargs)), extra
+        except TypeError as exc:  # the architecture takes no such argument
+            if extra and "unexpected keyword argument" in str(exc):
+                continue
+            raise
+    raise AssertionError("unreachable: the last option is plain")  # pragma: no cover
+
+
 def timm_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
     import timm
 
@@ -285,16 +304,17 @@ def timm_encoder(name: str, seed: int = 0, **kwargs: Any) -> FrozenEncoder:
         from harness.common.errors import unknown_name
 
         raise unknown_name("timm model", name, timm.list_models())
-    features = _seeded(seed, lambda: timm.create_model(name, pretrained=False, features_only=True, **kwargs))
+    features, size_kw = _timm_create(name, seed, dict(features_only=True, **kwargs), ({"dynamic_img_size": True}, {}))
     reductions, channels = list(features.feature_info.reduction()), list(features.feature_info.channels())
     if len(reductions) > 1 and len(set(reductions)) == 1:  # one stride throughout: a ViT-like token model
-        net = _seeded(seed, lambda: timm.create_model(name, pretrained=False, num_classes=0,
-                                                      **vit_kwargs(), **kwargs))
+        net, _ = _timm_create(name, seed, dict(num_classes=0, **kwargs),
+                              (vit_kwargs(), {"dynamic_img_size": True}, {}))
         if not all(hasattr(net, a) for a in ("blocks", "patch_embed", "forward_intermediates")):
             raise UsageError(f"timm:{name}: a single-stride model that is not a ViT; its taps cannot be declared")
         model: TapModel = ViTTaps(net)
     else:
-        model = FeatureListTaps(features, reductions, channels, _timm_dilated_twin(name, features, kwargs))
+        twin = _timm_dilated_twin(name, features, {**size_kw, **kwargs})
+        model = FeatureListTaps(features, reductions, channels, twin)
     info = EncoderInfo(name=f"timm:{name}", arch=name, source=f"timm {name}, random init (seed {seed})",
                        extra={"init_seed": seed, "family": "timm", **_card(model)})
     return FrozenEncoder(model, info)

@@ -17,10 +17,13 @@ bottom/right to the next multiple (``dynamic_img_pad``); the heads resize their 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from harness.common.errors import HarnessError
 
 from .base import Tap, TapModel
 
@@ -73,6 +76,10 @@ class ViTTaps(TapModel):
         return final[:, 0] if self.pool == "token" else final[:, prefix:].mean(1)
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        with input_size_errors(x):
+            return self._forward(x, taps)
+
+    def _forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
         blocks = {t: int(t[5:]) - 1 for t in taps if t != "embedding"}
         wanted = sorted(set(blocks.values()))
         out: dict[str, torch.Tensor] = {}
@@ -85,6 +92,18 @@ class ViTTaps(TapModel):
         by_index = dict(zip(wanted, inter[: len(wanted)], strict=True)) if wanted else {}
         out.update({t: by_index[i] for t, i in blocks.items()})
         return {t: out[t] for t in taps}
+
+
+@contextmanager
+def input_size_errors(x: torch.Tensor):
+    """An architecture that takes only its native input size (timm asserts it) fails in one line
+    that says what to do, not with an internal assertion."""
+    try:
+        yield
+    except AssertionError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "assertion failed"
+        raise HarnessError(f"this architecture cannot take a {x.shape[-2]}x{x.shape[-1]} input ({msg}); it takes "
+                           "only its native size: run with --resolution set to it (e.g. 224)") from None
 
 
 def vit_kwargs() -> dict[str, Any]:

@@ -92,7 +92,8 @@ def test_torchvision_vit_taps_equal_its_own_forward():
 
 # SqueezeNet's unpadded stem and ceil-mode pools leave maps a pixel off the nominal stride (31/15/7/3 at 64).
 @pytest.mark.parametrize("name, slack", [("tv:mobilenet_v3_small", 0), ("timm:convnext_atto", 0),
-                                         ("tv:squeezenet1_1", 1), ("tv:vgg11_bn", 0)])
+                                         ("tv:squeezenet1_1", 1),
+                                         ("timm:swin_tiny_patch4_window7_224", 0)])  # channels-last, any size
 def test_cnn_tap_shapes_match_declared_strides(name, slack):
     enc = create_encoder(name)
     out = enc(torch.rand(1, 3, 64, 64), tuple(enc.taps))
@@ -105,6 +106,14 @@ def test_cnn_tap_shapes_match_declared_strides(name, slack):
     assert {"block1", "block3", "embedding"} <= set(enc.taps)
     a, b = create_encoder(name, seed=4), create_encoder(name, seed=4)
     assert a.fingerprint() == b.fingerprint() != create_encoder(name, seed=5).fingerprint()
+
+
+def test_an_architecture_of_one_input_size_fails_in_one_line():
+    from harness.common.errors import HarnessError
+
+    enc = create_encoder("timm:cait_xxs24_224")  # a fixed position table and class-attention
+    with pytest.raises(HarnessError, match=r"cannot take a 64x64 input .* --resolution"):
+        enc(torch.rand(1, 3, 64, 64), ("embedding",))
 
 
 def test_torchvision_taps_skip_the_classifier_and_fixed_size_pools():
