@@ -27,7 +27,7 @@ from .base import GROUP_FIELDS, Analysis, AnalysisResult, ReportOptions, Skip
 from .baseline import baseline_gain, normalised_distribution
 from .correlations import imagenet_correlation, task_correlation
 from .groups import anova, group_difference
-from .load import _inside, encoder_metadata, encoder_table, load_results, task_categories
+from .load import _inside, encoder_metadata, encoder_table, load_results, other_table, task_categories
 from .plots import (
     plot_anova,
     plot_baseline_gain,
@@ -35,6 +35,8 @@ from .plots import (
     plot_group_difference,
     plot_imagenet_correlation,
     plot_normalised_distribution,
+    plot_probe_comparison,
+    plot_ranks,
     plot_tap_curve,
     plot_task_correlation,
 )
@@ -59,7 +61,7 @@ ANALYSES: tuple[Analysis, ...] = (
              plot_normalised_distribution),
     Analysis("anova", "Factorial ANOVA of the normalised score (type 2)",
              "the baseline encoder and encoders differing in method, balance, size or epochs", anova, plot_anova),
-    Analysis("ranks", "Encoders x tasks with rank per task and mean rank", "any results", rank_table,
+    Analysis("ranks", "Encoders x tasks with rank per task and mean rank", "any results", rank_table, plot_ranks,
              markdown=_rank_markdown),
     Analysis("tap_curve", "Score per tap, shallow to deep (linear probes on pooled taps)",
              "an encoder x task probed at >= 2 taps (harness eval --tap all)", tap_curve, plot_tap_curve,
@@ -69,11 +71,11 @@ ANALYSES: tuple[Analysis, ...] = (
              plot_fraction_curve, reads="variants"),
     Analysis("probe_comparison", "The task's head, kNN and logistic regression side by side",
              "an encoder x task scored by >= 2 probes (harness eval --probe knn / logreg)", probe_comparison,
-             reads="variants"),
+             plot_probe_comparison, reads="variants"),
 )
 
-MAIN_ONLY = "no results of the default protocol (the task's head on the full train split); only other probes, " \
-            "taps or label fractions"
+MAIN_ONLY = "no results of the default protocol (the task's head and budget, no --limit); only other probes, taps, " \
+            "label fractions or run settings (listed in report.md)"
 
 
 def run_analyses(scores: pd.DataFrame, opts: ReportOptions, analyses: Iterable[Analysis] = ANALYSES,
@@ -112,6 +114,7 @@ def build_report(results_dir: Path, out: Path | None = None, opts: ReportOptions
     results = run_analyses(loaded.scores, opts, variants=loaded.variants)
     write_outputs(out, results, opts)
     scores = loaded.scores if not loaded.scores.empty else loaded.variants
+    used = len(loaded.scores)
     cats = task_categories(scores)
     metrics = scores.drop_duplicates("task").set_index("task")["metric"]
     encs = encoder_table(scores)
@@ -120,8 +123,9 @@ def build_report(results_dir: Path, out: Path | None = None, opts: ReportOptions
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "options": {"baseline": opts.baseline, "group_by": opts.group_by, "a": opts.a, "b": opts.b,
                     "imagenet_task": opts.imagenet_task},
-        "records": {**loaded.counts, "used": len(scores)},
+        "records": {**loaded.counts, "used": used},
         "notes": loaded.notes,
+        "other_settings": table_records(other_table(loaded.other)),
         "encoders": table_records(encs.reset_index()),
         "tasks": [{"name": t, "category": _cell(c), "metric": _cell(metrics[t])} for t, c in cats.items()],
         "analyses": {},

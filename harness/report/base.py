@@ -87,7 +87,9 @@ class LoadedResults:
     scores: pd.DataFrame  # one row per (encoder, task): score and the encoder's metadata (the paper's protocol)
     counts: dict[str, int]
     notes: list[str]
-    variants: pd.DataFrame | None = None  # every probe variant: one row per (encoder, task, probe, tap, fraction)
+    variants: pd.DataFrame | None = None  # every probe variant: one row per (encoder, task, probe, tap, fraction,
+    # run settings)
+    other: pd.DataFrame | None = None  # the results of other run settings than the default protocol (listed only)
 
 
 def _finite(value: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..common.errors import HarnessError, UsageError
-from .base import CATEGORY_ORDER, META_FIELDS, LoadedResults, _finite, _pairs
+from .base import CATEGORY_ORDER, META_FIELDS, LoadedResults, _finite, _label, _missing, _pairs
 
 
 def _is_record(obj: Any) -> bool:
@@ -63,6 +63,10 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 DEFAULT_TAP = "embedding"
 VARIANT_KEYS = ("probe", "tap", "pool_dims", "subset")  # run-key entries naming a probe variant, not a setting
+DEFAULT_SETTINGS = "default"  # the settings label of the default protocol
+PROTOCOL = "the task's head on its full train split, with the task's epochs, grid, resolution and batch size, no " \
+           "--limit"
+ANY = object()  # a budget entry the task ignores (augmented copies of a task without random augmentation)
 
 
 def variant_fields(rec: dict[str, Any]) -> dict[str, Any]:
@@ -86,25 +90,71 @@ def _variant(fields: dict[str, Any]) -> str:
     return json.dumps([fields["probe"], tap, fields["subset_kind"], fields["subset_value"]])
 
 
+def variant_label(row: dict[str, Any] | pd.Series) -> str:
+    """'head', 'knn, block3', 'head, fraction 0.1': a result's probe variant in words."""
+    parts = [row["probe"]]
+    if row["tap"] not in (None, DEFAULT_TAP) and not _missing(row["tap"]):
+        parts.append(str(row["tap"]))
+    if not _missing(row["subset_kind"]):
+        parts.append(f"{row['subset_kind']} {_label(row['subset_value'])}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- the protocol's budget
+
+# Run-key entries that set a result's budget, with the option that sets them. A record is of the
+# default protocol when each is the task's own (unset, or set to the task's value).
+BUDGET: tuple[tuple[str, str], ...] = (("limit", "--limit"), ("epochs", "--epochs"), ("grid", "--grid"),
+                                       ("resolution", "--resolution"), ("batch_size", "--batch-size"),
+                                       ("aug_copies", "--aug-copies"), ("head", "head"))
+
+
+def task_defaults(task: str) -> dict[str, Any] | None:
+    """The task's own budget (registry): epochs, batch size and augmented copies of the task whose head
+    is trained (a test-only task's source), its resolution and head. None for an unregistered task."""
+    try:
+        from tasks.registry import get_task
+
+        target = get_task(task)
+        source = get_task(target.head_from) if target.head_from else target
+    except (HarnessError, KeyError, ImportError):
+        return None
+    return {"limit": None, "epochs": source.epochs, "grid": "full", "resolution": target.default_resolution,
+            "batch_size": source.batch_size,
+            "aug_copies": source.aug_copies if source.train_transform.random else ANY, "head": target.head}
+
+
+def budget_of(rec: dict[str, Any], key: dict[str, Any], defaults: dict[str, Any] | None) -> tuple[dict, list[str]]:
+    """(the record's budget with the task's own values as None, the options that differ in words).
+
+    An unregistered task's epochs cannot be judged: they stay in the budget, not in the words."""
+    budget, differs = {}, []
+    for name, option in BUDGET:
+        value = key.get(name, rec.get(name) if name in ("epochs", "head") else None)
+        own = None if name == "grid" and value == "full" else value
+        if defaults is None:
+            if name == "epochs" or (name == "head" and value is not None):
+                budget[name] = value  # unknown own value: grouped by, not called different
+                continue
+        elif defaults[name] is ANY or value == defaults[name]:
+            own = None
+        if own is not None:
+            budget[name] = own
+            shown = f"{option} {own}"
+            if defaults is not None and defaults[name] is not None and name != "grid":
+                shown += f" (task: {defaults[name]})"
+            differs.append(shown)
+    return budget, differs
+
+
 def is_default(scores: pd.DataFrame) -> pd.Series:
-    """Rows of the paper's protocol: the task's head, on its own input, trained on the full train split."""
+    """Rows of the paper's protocol: the task's head, on its own input, trained on the full train split
+    for the task's budget."""
     return ((scores["probe"] == "head") & (scores["tap"].isna() | (scores["tap"] == DEFAULT_TAP))
-            & scores["subset_kind"].isna())
+            & scores["subset_kind"].isna() & (scores["settings"] == DEFAULT_SETTINGS))
 
 
-def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResults:
-    """Every ok record under ``results_dir`` (recursively), the newest per (encoder, task, probe
-    variant); records that differ only in the head-training seed (a sweep's ``--seeds``) are averaged.
-
-    ``scores`` holds the paper's protocol only (the task's head on the full train split), one row per
-    (encoder, task), for the main analyses; ``variants`` every probe, tap and label fraction.
-
-    Failed records, unreadable files and JSON files that are not records are counted, not used.
-    Raises UsageError when the folder is missing or holds no usable record.
-    """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise UsageError(f"results directory {results_dir} does not exist (give the --out folder of 'harness eval')")
+def _read(results_dir: Path, exclude: Path | None) -> tuple[list[dict], dict[str, int], set]:
     files = sorted(p for p in results_dir.rglob("*.json") if p.is_file() and not _inside(p, exclude))
     counts = {"files": len(files), "ok": 0, "failed": 0, "not_records": 0, "no_score": 0, "superseded": 0}
     rows, failed_pairs = [], set()
@@ -129,49 +179,129 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
         seed = key.pop("seed", rec.get("seed"))
         for k in VARIANT_KEYS:
             key.pop(k, None)
+        budget, differs = budget_of(rec, key, task_defaults(rec["task"]))
+        for name, _ in BUDGET:
+            key.pop(name, None)
         variant = variant_fields(rec)
         rows.append({"encoder": rec["encoder"], "task": rec["task"], "seed": seed, "variant": _variant(variant),
                      **variant,
-                     "settings": json.dumps(key, sort_keys=True, default=str),
+                     "settings": ", ".join(differs) or DEFAULT_SETTINGS,
+                     "budget": json.dumps(budget, sort_keys=True, default=str),
+                     "weights": str(key.pop("encoder", None) or rec.get("encoder_fingerprint") or ""),
+                     "incidental": json.dumps(key, sort_keys=True, default=str),
                      "category": rec.get("category") or _task_category(rec["task"]),
                      "metric": rec.get("metric"), "score": float(rec["test"]), "created": rec.get("created"),
                      "record_version": rec.get("record_version"), "file": str(path.relative_to(results_dir)),
                      **encoder_metadata(rec["encoder"], rec.get("encoder_info"))})
+    return rows, counts, failed_pairs
+
+
+def _differing(df: pd.DataFrame) -> str:
+    """The run-key entries that differ among a group's records, in words ('head_precision: auto / fp32')."""
+    keys = [json.loads(v) for v in df["incidental"].unique()]
+    names = sorted({k for d in keys for k in d if len({json.dumps(x.get(k), default=str) for x in keys}) > 1})
+    return "; ".join(f"{k}: {' / '.join(sorted({str(x.get(k)) for x in keys}))}" for k in names)
+
+
+def _with_settings(pairs: list[tuple[str, str, str]], limit: int = 5) -> str:
+    text = "; ".join(f"{e}/{t} ({s})" for e, t, s in pairs[:limit])
+    return text + (f" and {len(pairs) - limit} more" if len(pairs) > limit else "")
+
+
+def _unknown_epochs(df: pd.DataFrame, unit: list[str], notes: list[str]) -> pd.DataFrame:
+    """An unregistered task's default-looking records that differ in epochs: those with the most epochs are
+    taken as its protocol (the fuller budget, never the newer); the others are labelled by their epochs."""
+    default = df["settings"] == DEFAULT_SETTINGS
+    epochs = pd.to_numeric(df["budget"].map(lambda b: json.loads(b).get("epochs")), errors="coerce")
+    most = epochs.where(default).groupby([df[u] for u in unit]).transform("max")
+    fewer = default & epochs.notna() & most.notna() & (epochs < most)
+    if fewer.any():
+        df = df.copy()
+        df.loc[fewer, "settings"] = [f"--epochs {e:g} (another record has {m:g}; the task's own is unknown)"
+                                     for e, m in zip(epochs[fewer], most[fewer], strict=True)]
+        pairs = sorted(set(zip(df.loc[fewer, "encoder"], df.loc[fewer, "task"], strict=True)))
+        notes.append(f"{len(pairs)} encoder/task pair(s) of unregistered tasks have records of several epochs; the "
+                     f"most epochs are taken as the protocol: {_pairs(pairs)}")
+    return df
+
+
+def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResults:
+    """Every ok record under ``results_dir`` (recursively), one result per (encoder, task, probe variant,
+    run settings).
+
+    ``scores`` holds the paper's protocol only (``PROTOCOL``), one row per (encoder, task), for the main
+    analyses; ``variants`` every probe, tap and label fraction, each labelled by its run ``settings``
+    ('default', or the options that differ from the task's own, such as '--limit 500'), so that a curve
+    joins only results of the same settings; ``other`` every result of other settings, which the paper's
+    views never use, whatever their date.
+
+    Within one (encoder, task, variant, settings): the records of the encoder's newest weights; of repeats
+    of the same seed the newest (a re-run replaces a run); the mean over head-training seeds.
+
+    Failed records, unreadable files and JSON files that are not records are counted, not used.
+    Raises UsageError when the folder is missing or holds no usable record.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UsageError(f"results directory {results_dir} does not exist (give the --out folder of 'harness eval')")
+    rows, counts, failed_pairs = _read(results_dir, exclude)
     if not rows:
         found = (f"{counts['files']} .json file(s): {counts['failed']} failed, {counts['not_records']} not records, "
                  f"{counts['no_score']} without a test score")
         raise UsageError(f"no usable result records under {results_dir} ({found}); "
                          f"write some with 'harness eval --out {results_dir}'")
 
-    notes = []
+    notes: list[str] = []
     df = pd.DataFrame(rows)
     df["_created"] = pd.to_datetime(df["created"], utc=True, errors="coerce", format="ISO8601")
     df = df.sort_values(["encoder", "task", "variant", "_created"], kind="mergesort", na_position="first")
-    # The newest settings per (encoder, task, variant); within them, the newest record per seed, averaged over seeds.
-    unit = ["encoder", "task", "variant"]
-    newest = df.groupby(unit, sort=False)["settings"].transform("last")
-    same = (df["settings"] == newest) & ~df.duplicated([*unit, "settings", "seed"], keep="last")
-    if (~same).any():
-        pairs = sorted(set(zip(df.loc[~same, "encoder"], df.loc[~same, "task"], strict=True)))
-        counts["superseded"] = int((~same).sum())
-        notes.append(f"{len(pairs)} encoder/task pair(s) have several ok records (different run settings); "
-                     f"the newest ('created') is used: {_pairs(pairs)}")
-    df = df.loc[same]
+    df = _unknown_epochs(df, ["encoder", "task", "variant"], notes)
+    unit = ["encoder", "task", "variant", "settings", "budget"]
+    # The encoder's newest weights (a name re-used for new weights means those), then per seed the newest record.
+    newest = df.groupby(unit, sort=False)["weights"].transform("last")
+    old_weights = df["weights"] != newest
+    if old_weights.any():
+        pairs = sorted(set(zip(df.loc[old_weights, "encoder"], df.loc[old_weights, "task"], strict=True)))
+        notes.append(f"{len(pairs)} encoder/task pair(s) have records of earlier weights under the same encoder "
+                     f"name (another fingerprint); the current weights' are used: {_pairs(pairs)}")
+    repeat = ~old_weights & df.duplicated([*unit, "weights", "seed"], keep="last")
+    if repeat.any():
+        keyed = df.loc[~old_weights].groupby([*unit, "seed"], sort=False)
+        differ = sorted({d for _, g in keyed if len(g) > 1 for d in [_differing(g)] if d})
+        pairs = sorted(set(zip(df.loc[repeat, "encoder"], df.loc[repeat, "task"], strict=True)))
+        notes.append(f"{len(pairs)} encoder/task pair(s) have repeated records of the same settings and seed; "
+                     f"a re-run replaces the earlier run (the newest of each seed is used)"
+                     + (f" (they differ only in {'; '.join(differ)})" if differ else "") + f": {_pairs(pairs)}")
+    counts["superseded"] = int((old_weights | repeat).sum())
+    df = df.loc[~old_weights & ~repeat]
     seeds = df.groupby(unit, sort=False)["score"].transform("size")
-    if (seeds > 1).any():
-        pairs = sorted(set(zip(df.loc[seeds > 1, "encoder"], df.loc[seeds > 1, "task"], strict=True)))
+    averaged = (seeds > 1) & (df["settings"] == DEFAULT_SETTINGS)
+    if averaged.any():
+        pairs = sorted(set(zip(df.loc[averaged, "encoder"], df.loc[averaged, "task"], strict=True)))
         notes.append(f"{len(pairs)} encoder/task pair(s) averaged over head-training seeds: {_pairs(pairs)}")
     df = df.assign(score=df.groupby(unit, sort=False)["score"].transform("mean"), seeds=seeds)
     df = df.drop_duplicates(unit, keep="last")
-    df = df.drop(columns=["_created", "settings", "seed", "variant"]).reset_index(drop=True)
+    df = df.drop(columns=["_created", "seed", "variant", "budget", "weights", "incidental"]).reset_index(drop=True)
+
+    protocol = df["settings"] == DEFAULT_SETTINGS
+    other = df.loc[~protocol].reset_index(drop=True)
+    counts["other_settings"] = len(other)
+    if len(other):
+        found = other[["encoder", "task", "settings"]].drop_duplicates()
+        covered = set(zip(df.loc[protocol, "encoder"], df.loc[protocol, "task"], strict=True))
+        alone = sorted({(e, t) for e, t in zip(found["encoder"], found["task"], strict=True)} - covered)
+        notes.append(f"{len(other)} result(s) of other run settings than the default protocol ({PROTOCOL}) are "
+                     f"listed in report.md (other_settings in report.json), never used in the paper's views: "
+                     f"{_with_settings(sorted(found.itertuples(index=False, name=None)))}"
+                     + (f"; no default-protocol result for {_pairs(alone)}" if alone else ""))
     default = is_default(df)
     variants, df = df, df.loc[default].reset_index(drop=True)
-    counts["variants"] = int((~default).sum())
+    counts["variants"] = int((~default & protocol).sum())
     if counts["variants"]:
         notes.append(f"{counts['variants']} result(s) of other probes, taps or label fractions: in the tap, "
                      f"fraction and probe analyses only")
     if counts["failed"]:
-        only_failed = sorted(failed_pairs - set(zip(df["encoder"], df["task"], strict=True)))
+        only_failed = sorted(failed_pairs - set(zip(variants["encoder"], variants["task"], strict=True)))
         notes.append(f"{counts['failed']} failed record(s) skipped"
                      + (f"; no ok result for {_pairs(only_failed)}" if only_failed else ""))
     if counts["not_records"] or counts["no_score"]:
@@ -183,7 +313,19 @@ def load_results(results_dir: Path, exclude: Path | None = None) -> LoadedResult
     unknown = df.loc[df["category"].isna(), "task"].unique()
     if len(unknown):
         notes.append(f"unknown category for task(s) {', '.join(sorted(unknown))}: left out of per-category views")
-    return LoadedResults(df, counts, notes, variants)
+    return LoadedResults(df, counts, notes, variants, other)
+
+
+OTHER_COLUMNS = ["encoder", "task", "variant", "settings", "score", "seeds", "n_train", "file"]
+
+
+def other_table(other: pd.DataFrame | None) -> pd.DataFrame:
+    """The results of other run settings, one row each: what they are and the settings that differ."""
+    if other is None or other.empty:
+        return pd.DataFrame(columns=OTHER_COLUMNS)
+    table = other.assign(variant=[variant_label(r) for _, r in other.iterrows()])
+    return table.sort_values(["encoder", "task", "variant", "settings"], kind="mergesort")[OTHER_COLUMNS] \
+        .reset_index(drop=True)
 
 
 def _category_rank(category: Any) -> int:

@@ -51,8 +51,10 @@ def summary_table(doc: dict[str, Any]):
     """The encoders x tasks table with mean rank, as a rich Table (from report.json's ranks table)."""
     from rich.table import Table
 
-    if doc["analyses"]["ranks"]["status"] != "ok":  # only other probes, taps or label fractions
-        return Table(title=f"no encoders x tasks table: {doc['analyses']['ranks'].get('reason', '')}")
+    if doc["analyses"]["ranks"]["status"] != "ok":  # only other probes, taps, label fractions or run settings
+        table = Table("encoders x tasks")
+        table.add_row(f"not made: {doc['analyses']['ranks'].get('reason', '')}")
+        return table
     ranks = pd.DataFrame(doc["analyses"]["ranks"]["tables"]["ranks"])
     display = rank_display(Outcome({"ranks": ranks.astype({c: float for c in ranks.columns if c != "encoder"})}))
     table = Table(title=f"{len(display)} encoders x {len(doc['tasks'])} tasks",

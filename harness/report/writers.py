@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..common.atomic import atomic_path
 from .base import AnalysisResult, ReportOptions, _missing
+from .load import PROTOCOL
 
 
 def _cell(value: Any) -> Any:
@@ -56,8 +57,9 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def _write_png(path: Path, fig) -> None:
+    """The figure at 120 dpi, cropped to what it draws (never clipped: the canvas grows to its labels)."""
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", pad_inches=0.08)
 
 
 def _clear_stale(out: Path, name: str) -> None:
@@ -99,6 +101,12 @@ def report_markdown(doc: dict[str, Any], results: list[AnalysisResult]) -> str:
              f"{doc['records']['used']} results: {len(doc['encoders'])} encoders x {len(doc['tasks'])} tasks "
              f"({doc['records']['failed']} failed records skipped).", ""]
     lines += [f"- {n}" for n in doc["notes"]]
+    if doc.get("other_settings"):
+        lines += ["", "## Results of other run settings (not in the paper's views)", "",
+                  f"Records whose settings differ from the default protocol ({PROTOCOL}) are never used in the "
+                  f"paper's views, whatever their date; label-fraction, tap and probe curves show them as curves of "
+                  f"their own.", "",
+                  markdown_table(pd.DataFrame(doc["other_settings"]))]
     for i, res in enumerate(results, 1):
         a = res.analysis
         lines += ["", f"## {i}. {a.title}", ""]

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.report import MAIN_ONLY, ReportOptions, build_report
+from tasks.registry import get_task
 from tests.harness.test_report import write_record
 
 TAPS = ["conv", "block1", "block2", "block3", "block4", "embedding"]
@@ -19,7 +20,8 @@ FRACTIONS = [("swav_in800", 0.01, 6, 0.20, 0), ("swav_in800", 0.1, 60, 0.50, 0),
 
 
 def key(seed=0, **variant):
-    return {"epochs": 30, "seed": seed, "grid": "full", **variant}
+    """A run key of the default protocol: pets_cls's own epochs (count is not a registered task)."""
+    return {"epochs": get_task("pets_cls").epochs, "limit": None, "seed": seed, "grid": "full", **variant}
 
 
 def write_variants(root, with_default=True):
@@ -100,8 +102,8 @@ def test_fraction_curve_table(report):
 def test_probe_comparison_table(report):
     doc, _ = report
     t = table(doc, "probe_comparison")
-    assert t.to_dict("records") == [{"encoder": "swav_in800", "task": "pets_cls", "head": 0.70, "knn": 0.65,
-                                     "logreg": 0.71}]
+    assert t.to_dict("records") == [{"encoder": "swav_in800", "task": "pets_cls", "settings": "default", "head": 0.70,
+                                     "knn": 0.65, "logreg": 0.71}]
 
 
 def test_only_variants_skip_the_main_analyses_with_a_reason(tmp_path, monkeypatch):
