@@ -279,12 +279,16 @@ def _to_rows(m: torch.Tensor) -> list[list[float | None]]:
 
 def save_heatmap(m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, path: Path,
                  row_label: str = "", col_label: str = "") -> Path:
-    import matplotlib
+    """A heatmap of ``m`` (rows x cols), first row at the bottom: shallow taps low and left, deep ones up
+    and right, as ``format_table`` prints it. Published atomically, cropped to what it draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .common.atomic import atomic_path
 
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(cols), 1.0 + 0.7 * len(rows)))
+    fig = Figure(figsize=(1.6 + 0.8 * len(cols), 1.2 + 0.7 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     im = ax.imshow(m.numpy(), vmin=0.0, vmax=1.0, cmap="magma", origin="lower")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
@@ -297,11 +301,15 @@ def save_heatmap(m: torch.Tensor, rows: Sequence[str], cols: Sequence[str], titl
     ax.set_ylabel(row_label)
     ax.set_xlabel(col_label)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", pad_inches=0.08)
     return path
+
+
+def unordered_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Each encoder with itself and with every later one: B vs A is A vs B transposed, so it is drawn
+    and printed once."""
+    return [(a, b) for i, a in enumerate(labels) for b in labels[i:]]
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -380,8 +388,9 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.heatmaps:
-        for key, m in blocks.items():
-            a, b = key.split("|")
+        for a, b in unordered_pairs(labels):  # B vs A is the transpose of A vs B: drawn once
+            key = f"{a}|{b}"
+            m = blocks[key]
             fname = f"cka_{a}_vs_{b}.png".replace("#", "-").replace("/", "_")
             title = f"{opts.kernel} CKA ({opts.estimator}), n={acc.n}, {source.resolution}px: {a} vs {b}"
             result.heatmaps[key] = str(save_heatmap(m, taps[a], taps[b], title, out / fname, a, b))
@@ -392,29 +401,39 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     return result
 
 
+def _fmt(v: float | None) -> str:
+    return "nan" if v is None else f"{v:.3f}"
+
+
 def format_table(result: CKAResult) -> str:
-    """Plain-text matrices and the per-encoder summary for the terminal."""
+    """The matrices for the terminal, one per unordered encoder pair and in the heatmaps' orientation
+    (deepest tap at the top), then the summary in words."""
     lines = [(f"{result.kernel} CKA, {result.estimator} estimator, n={result.n} images "
               f"({result.batches} batches of {result.batch_size}), {result.resolution}px, "
               f"{result.feature_mode} features, data: {result.data}")]
-    for key, rows in result.matrices.items():
-        a, b = key.split("|")
+    for a, b in unordered_pairs(result.encoders):
+        rows = result.matrices[f"{a}|{b}"]
         width = max(len(t) for t in result.taps[a]) + 2
-        lines.append("")
-        lines.append(f"{a} (rows) vs {b} (columns)")
         col = max(7, *(len(t) + 1 for t in result.taps[b]))
+        lines.append("")
+        heatmap = result.heatmaps.get(f"{a}|{b}")
+        lines.append(f"{a} (rows, deepest at the top) vs {b} (columns)"
+                     + (f", as in {Path(heatmap).name}" if heatmap else ""))
+        for t, row in reversed(list(zip(result.taps[a], rows, strict=True))):
+            lines.append(f"{t:<{width}}" + "".join(f"{_fmt(v):>{col}}" for v in row))
         lines.append(" " * width + "".join(f"{t:>{col}}" for t in result.taps[b]))
-        for t, row in zip(result.taps[a], rows, strict=True):
-            lines.append(f"{t:<{width}}" + "".join(f"{'nan':>{col}}" if v is None else f"{v:{col}.3f}" for v in row))
     lines.append("")
-    lines.append("mean off-diagonal CKA per encoder (higher: early and late blocks more alike)")
-
-    def fmt(v: float | None) -> str:
-        return "nan" if v is None else f"{v:.3f}"
-
+    lines.append("mean CKA between different taps of one encoder (higher: early and late blocks more alike):")
+    name_w = max(len(label) for label in result.encoders)
     for label, row in result.summary.items():
-        extra = "".join(f", {k} {fmt(v)}" for k, v in row.items() if k != "mean_offdiag")
-        lines.append(f"  {label}: {fmt(row['mean_offdiag'])}{extra}")
+        lines.append(f"  {label:<{name_w}}  {_fmt(row['mean_offdiag'])}")
+    matched = [(a, b, result.summary[a].get(f"mean_diag_vs_{b}")) for a, b in unordered_pairs(result.encoders)
+               if a != b and f"mean_diag_vs_{b}" in result.summary[a]]
+    if matched:
+        lines.append("mean CKA of the same tap across two encoders (conv with conv, ..., in tap order):")
+        pair_w = max(len(f"{a} and {b}") for a, b, _ in matched)
+        for a, b, v in matched:
+            lines.append(f"  {f'{a} and {b}':<{pair_w}}  {_fmt(v)}")
     return "\n".join(lines)
 
 
