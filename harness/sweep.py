@@ -68,9 +68,11 @@ class Job:
         return f"{self.encoder} / {self.task} / seed {self.seed}"
 
     def row(self) -> dict[str, Any]:
+        """The job in the summary, with its record's test score (metric, test) when it has an ok one."""
+        metric, test = _record_score(self.record) if self.status in ("done", "skipped") else (None, None)
         return {"encoder": self.encoder, "task": self.task, "seed": self.seed, "status": self.status,
                 "attempts": self.attempts, "error": self.error, "wall_s": round(self.wall_s, 2),
-                "record": str(self.record) if self.record else None}
+                "record": str(self.record) if self.record else None, "metric": metric, "test": test}
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -93,6 +95,16 @@ def _record_ok(path: Path | None) -> bool:
         return json.loads(path.read_text()).get("status") == "ok"
     except (OSError, ValueError):
         return False
+
+
+def _record_score(path: Path | None) -> tuple[str | None, float | None]:
+    """(metric, test score) of an ok record; (None, None) when there is none."""
+    try:
+        rec = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return None, None
+    test = rec.get("test") if rec.get("status") == "ok" else None
+    return (rec.get("metric"), float(test)) if isinstance(test, (int, float)) else (None, None)
 
 
 def _failed_record_error(path: Path | None) -> str:
