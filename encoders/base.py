@@ -7,11 +7,13 @@ declaration to size themselves, so no head hard-codes ResNet-50 widths.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD, Tap
 
@@ -23,6 +25,29 @@ class TapModel(nn.Module):
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+
+FLOPS_COUNTING = "multiply-adds (one per multiply-accumulate: torchvision's and the papers' GFLOPs)"
+
+
+def model_cost(model: TapModel, resolution: int) -> dict[str, int]:
+    """Parameters and FLOPs per image of ``model`` computing every tap it declares (derived taps left out)
+    at ``resolution`` x ``resolution``. FLOPs are multiply-adds (``FlopCounterMode`` counts 2 per
+    multiply-accumulate; halved here): torchvision's ResNet-50 is 4.09 GFLOPs at 224. Counted on the meta
+    device with meta copies of the weights, so it costs no memory and no arithmetic, whatever the model."""
+    params = sum(p.numel() for p in model.parameters())
+    meta = {name: torch.empty_like(t, device="meta")
+            for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
+    taps = tuple(t.name for t in model.taps if not t.derived)
+    x = torch.zeros(1, 3, resolution, resolution, device="meta")
+    was_training = model.training
+    model.train(False)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            torch.func.functional_call(model, meta, (x, taps))
+    finally:
+        model.train(was_training)
+    return {"params": int(params), "flops": int(counter.get_total_flops()) // 2, "resolution": int(resolution)}
 
 
 @dataclass
@@ -61,6 +86,7 @@ class FrozenEncoder(nn.Module):
         self.requires_grad_(False)
         super().train(False)
         self._fingerprint: str | None = None
+        self._costs: dict[int, dict[str, int]] = {}
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         # BatchNorm statistics stay frozen whatever a caller asks.
@@ -89,6 +115,13 @@ class FrozenEncoder(nn.Module):
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def cost(self, resolution: int) -> dict[str, int]:
+        """``{"params", "flops", "resolution"}``: the backbone's parameters and its FLOPs per image
+        (multiply-adds) at ``resolution`` px, every declared tap computed (``model_cost``)."""
+        if resolution not in self._costs:
+            self._costs[resolution] = model_cost(self.model, resolution)
+        return dict(self._costs[resolution])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, taps: tuple[str, ...] = ("embedding",)) -> dict[str, torch.Tensor]:
