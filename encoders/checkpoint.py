@@ -1,8 +1,13 @@
 """Our own checkpoint format (``harness pretrain`` output), readable with weights_only=True.
 
 {"format": "harness-pretrain", "format_version": 1, "arch": "resnet18",
- "state_dict": {torchvision-layout backbone keys, no fc},
+ "state_dict": {the backbone's own keys},
  "meta": {"method", "arch", "data", "manifest_hash", "epochs", "images", ...}}
+
+``arch`` is any name ``encoders.archs.build_arch`` knows (``resnet18``, ``resnetv2_50_x8``, ``mobilenet_v2``,
+``vit_small_patch16``...) and ``state_dict`` is that model's state dict as it stands (BatchNorm step counters
+may be left out): for torchvision ResNets, torchvision's keys without ``fc``, as every version-1 file has.
+``harness eval`` loads it strictly into ``build_arch(arch)`` (``encoders.adapters.check_backbone``).
 
 Only plain containers, strings, numbers and tensors, so loading never needs to unpickle code.
 """

@@ -18,9 +18,10 @@ from harness.common.errors import HarnessError, unknown_name
 from harness.common.paths import user_encoders_dir
 from harness.common.registry import Registry
 
-from .adapters import backbone_model, load_backbone
+from .adapters import load_backbone, model_for
 from .any_model import any_model_encoder
-from .base import EncoderInfo, FrozenEncoder
+from .archs import ARCHS, arch_card, arch_cost, build_arch, parse_widened, pattern_hint
+from .base import FLOPS_COUNTING, EncoderInfo, FrozenEncoder
 from .catalog import CATALOG, CatalogEntry
 from .checkpoint import is_harness_checkpoint
 from .resnet import ResNetTaps, build_resnet
@@ -64,6 +65,38 @@ for _arch in ("resnet18", "resnet34", "resnet50"):
 register_encoder(CATALOG["random"].info, description="the paper's random-init ResNet-50 baseline (seeded)",
                  catalog=CATALOG["random"])(_random_resnet(CATALOG["random"].info))
 
+# The card of a random-init architecture states its cost at these input sizes (the synthetic suite's and ImageNet's).
+CARD_RESOLUTIONS = (64, 224)
+
+
+def arch_encoder(name: str, seed: int = 0) -> FrozenEncoder:
+    """A random-init encoder of any architecture ``encoders.archs.build_arch`` knows (``resnetv2_50``,
+    ``resnet50_x8``, ``mobilenet_v2``...), its card giving parameters and FLOPs per image."""
+    family, description, facts = arch_card(name)
+    model = build_arch(name, seed)
+    own = getattr(model, "card", None)  # a ViT's patch size, depth and embedding convention
+    info = EncoderInfo(name=name, arch=name, source=f"random init (seed {seed})",
+                       extra={"init_seed": seed, "family": family, "description": description, **facts,
+                              **(own() if callable(own) else {})})
+    encoder = FrozenEncoder(model, info)
+    costs = [encoder.cost(r) for r in CARD_RESOLUTIONS]
+    info.extra["cost"] = {"params": costs[0]["params"], "flops": {str(c["resolution"]): c["flops"] for c in costs},
+                          "flops_counting": FLOPS_COUNTING}
+    return encoder
+
+
+def _random_arch(name: str) -> Callable[[int], FrozenEncoder]:
+    def build(seed: int = 0) -> FrozenEncoder:
+        return arch_encoder(name, seed)
+
+    return build
+
+
+for _spec in ARCHS.values():
+    if _spec.listed and _spec.name not in ENCODERS:
+        register_encoder(EncoderInfo(name=_spec.name, arch=_spec.name, extra={"family": _spec.family, **_spec.card}),
+                         description=f"{_spec.description}, random init (seeded)")(_random_arch(_spec.name))
+
 
 def _from_catalog(entry: CatalogEntry) -> Callable[[int], FrozenEncoder]:
     def build(seed: int = 0) -> FrozenEncoder:  # pretrained: the seed does not apply
@@ -79,7 +112,8 @@ for _entry in CATALOG.values():
 
 # How `harness pretrain` names methods, spelled as the paper's tables do.
 METHOD_SPELLING = {"mocov2": "MoCov2", "mocov1": "MoCov1", "swav": "SwAV", "simclr": "SimCLR", "byol": "BYOL",
-                   "pirl": "PIRL"}
+                   "pirl": "PIRL", "rotnet": "RotNet", "jigsaw": "Jigsaw", "relpatch": "RelPatchLoc",
+                   "exemplar": "Exemplar", "splitbrain": "SplitBrain"}
 
 
 def _size_label(images: Any) -> str | None:
@@ -114,8 +148,13 @@ def encoder_from_file(path: Path, fmt: str | None = None, name: str | None = Non
         info = replace(catalog.info, name=name, arch=backbone.arch, source=str(path))
     else:
         info = info_from_meta(name, backbone.arch, meta, str(path))
-    info.extra = {**info.extra, "format": backbone.format, **({"meta": meta} if meta else {})}
-    return FrozenEncoder(backbone_model(backbone), info)
+        if not meta.get("method") and backbone.method:
+            info.method = backbone.method  # the release the format belongs to (DINO, MAE, CLIP, ...)
+    model = model_for(backbone)
+    card = getattr(model, "card", None)  # a ViT's patch size, depth and embedding convention
+    info.extra = {**info.extra, **backbone.card(), **(card() if callable(card) else {}),
+                  **({"meta": meta} if meta else {})}
+    return FrozenEncoder(model, info, *(backbone.normalisation or ()))
 
 
 USER_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -142,8 +181,9 @@ def _catalog_encoder(entry: CatalogEntry, fmt: str | None, weights_dir: Path | N
 
 def create_encoder(name: str, seed: int = 0, *, fmt: str | None = None, weights_dir: Path | None = None,
                    download: bool = False) -> FrozenEncoder:
-    """Resolve, in order: a catalog name with a weights file, a registered random-init name,
-    ``tv:NAME`` / ``timm:NAME``, a ``harness pretrain`` output by name, a checkpoint path.
+    """Resolve, in order: a catalog name with a weights file, a registered random-init name, a widened
+    architecture (``resnet50_x8``), ``tv:NAME`` / ``timm:NAME``, a ``harness pretrain`` output by name, a
+    checkpoint path.
 
     Never downloads unless ``download`` is set.
     """
@@ -152,6 +192,8 @@ def create_encoder(name: str, seed: int = 0, *, fmt: str | None = None, weights_
         return _catalog_encoder(entry, fmt, weights_dir, download)
     if name in ENCODERS:
         return ENCODERS[name].builder(seed)
+    if parse_widened(name) is not None:  # BASE_xK: a widened architecture (a bad factor says so)
+        return arch_encoder(name, seed)
     any_model = any_model_encoder(name, seed)
     if any_model is not None:
         return any_model
@@ -163,7 +205,8 @@ def create_encoder(name: str, seed: int = 0, *, fmt: str | None = None, weights_
         return encoder_from_file(path, fmt)
     if path.exists():
         raise HarnessError(f"{path} is not a checkpoint file")
-    raise unknown_name("encoder", name, [*ENCODERS, *user], hint="(or tv:NAME, timm:NAME, or a checkpoint path)")
+    raise unknown_name("encoder", name, [*ENCODERS, *user],
+                       hint=f"(or tv:NAME, timm:NAME, or a checkpoint path) {pattern_hint()}")
 
 
 def _peek_meta(path: Path) -> dict:
@@ -177,8 +220,19 @@ def _peek_meta(path: Path) -> dict:
     return dict(obj.get("meta", {})) if is_harness_checkpoint(obj) else {}
 
 
+def cost_columns(arch: str) -> dict[str, int | None]:
+    """``params``, ``flops_64`` and ``flops_224`` (multiply-adds per image) of an architecture, counted on the
+    meta device; None where the architecture is not one ``build_arch`` knows (a foreign checkpoint)."""
+    try:
+        costs = [arch_cost(arch, r) for r in CARD_RESOLUTIONS]
+    except HarnessError:
+        return {"params": None, **{f"flops_{r}": None for r in CARD_RESOLUTIONS}}
+    return {"params": costs[0]["params"], **{f"flops_{c['resolution']}": c["flops"] for c in costs}}
+
+
 def list_encoders(weights_dir: Path | None = None) -> list[dict]:
-    """Every encoder ``create_encoder`` resolves by name, with whether it can be built now."""
+    """Every encoder ``create_encoder`` resolves by name, with whether it can be built now, its parameters
+    and FLOPs per image at 64 and 224 px (``cost_columns``)."""
     rows = []
     for e in ENCODERS.values():
         cat, info = e.catalog, e.info
@@ -189,6 +243,7 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
             row.update(format=cat.format, file=cat.filename, url=cat.url,
                        sha256=cat.sha256, trained_by_authors=cat.trained_by_authors,
                        path=str(weight_path(cat, weights_dir)) if cat.filename else None)
+        row.update(cost_columns(info.arch))
         rows.append(row)
     for stem, path in user_encoders(weights_dir).items():
         if stem in ENCODERS:
@@ -199,7 +254,7 @@ def list_encoders(weights_dir: Path | None = None) -> list[dict]:
                      "epochs": info.epochs, "arch": info.arch, "size": info.size, "balanced": info.balanced,
                      "corrupt": info.corruption or "-",
                      "available": True, "description": "harness pretrain output / user checkpoint",
-                     "path": str(path)})
+                     "path": str(path), **cost_columns(info.arch)})
     return rows
 
 

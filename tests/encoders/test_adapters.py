@@ -4,7 +4,9 @@ The files mimic the published ones (containers, prefixes, heads, momentum encode
 built from one random torchvision ResNet-50 state dict, the reference.
 """
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,29 @@ def virb(ref):
     return prefixed(ref, "model.")  # ViRB files keep model.fc.*
 
 
+def dino_full(ref):
+    """DINO's checkpoint.pth for a ResNet: batch norms make main_dino.py DDP-wrap the teacher too, so both
+    carry `module.backbone.`; the DINO head sits beside the backbone; the student differs (it is not used)."""
+    head = {"head.mlp.0.weight": torch.randn(64, 2048), "head.last_layer.weight_v": torch.randn(256, 64)}
+    teacher = prefixed({**prefixed(backbone_of(ref), "backbone."), **head}, "module.")
+    student = {k: v + 1 for k, v in teacher.items()}
+    return {"student": student, "teacher": teacher, "epoch": 100, "optimizer": {"state": {}, "param_groups": []},
+            "args": argparse.Namespace(arch="resnet50"), "dino_loss": {"center": torch.randn(1, 256)}}
+
+
+def mocov3(ref):
+    """MoCo v3's ResNet-50: the base encoder's fc is a projector MLP with batch norms; momentum encoder and
+    predictor beside it."""
+    proj = {"fc.0.weight": torch.randn(64, 2048), "fc.1.weight": torch.ones(64), "fc.1.running_mean": torch.zeros(64),
+            "fc.1.num_batches_tracked": torch.tensor(5), "fc.3.weight": torch.randn(32, 64)}
+    bb = {**backbone_of(ref), **proj}
+    sd = {**prefixed(bb, "module.base_encoder."), **prefixed({k: v + 1 for k, v in bb.items()},
+                                                            "module.momentum_encoder."),
+          "module.predictor.0.weight": torch.randn(64, 32)}
+    return {"epoch": 100, "arch": "resnet50", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
+            "scaler": {"scale": 65536.0}}
+
+
 BUILDERS = {
     "moco_v1": ("moco", lambda r: moco(r, v2=False)),
     "moco_v2": ("moco", lambda r: moco(r, v2=True)),
@@ -88,6 +113,9 @@ BUILDERS = {
     "simsiam": ("simsiam", simsiam),
     "virb": ("virb", virb),
     "torchvision": ("torchvision", lambda r: dict(r)),
+    "dino_rn50_release": ("torchvision", backbone_of),  # dino_resnet50_pretrain.pth: flat, no fc
+    "dino_rn50_full": ("dino", dino_full),
+    "mocov3_rn50": ("mocov3", mocov3),
 }
 
 
@@ -109,6 +137,23 @@ def test_each_format_yields_the_reference_backbone(case, reference, tmp_path):
     assert_same_backbone(backbone.state, reference)
     forced = load_backbone(path, fmt)  # the explicit --format gives the same
     assert_same_backbone(forced.state, reference)
+
+
+@pytest.mark.parametrize(("case", "container", "prefix"), [("dino_rn50_full", "teacher", "module.backbone."),
+                                                           ("mocov3_rn50", "state_dict", "module.base_encoder.")])
+def test_resnet_releases_name_a_missing_or_unexpected_key_as_the_file_spells_it(case, container, prefix,
+                                                                                  reference, tmp_path):
+    obj = BUILDERS[case][1](reference)
+    del obj[container][prefix + "layer2.1.bn1.running_var"]
+    torch.save(obj, tmp_path / "missing.pth")
+    missing = rf"1 backbone weights missing: {re.escape(prefix)}layer2\.1\.bn1\.running_var\."
+    with pytest.raises(HarnessError, match=missing):
+        load_backbone(tmp_path / "missing.pth")
+    obj = BUILDERS[case][1](reference)
+    obj[container][prefix + "layer4.2.extra.weight"] = torch.zeros(3)
+    torch.save(obj, tmp_path / "extra.pth")
+    with pytest.raises(HarnessError, match=rf"1 unexpected keys: {re.escape(prefix)}layer4\.2\.extra\.weight\."):
+        load_backbone(tmp_path / "extra.pth")
 
 
 def test_harness_and_safetensors_formats(reference, tmp_path):
@@ -215,4 +260,5 @@ def test_unknown_format_name_is_a_usage_error(reference, tmp_path):
     with pytest.raises(HarnessError, match="unknown checkpoint format 'mocco'; did you mean: moco") as exc:
         load_backbone(tmp_path / "r.pt", "mocco")
     assert exc.value.exit_code == 2
-    assert set(FORMATS) >= {"moco", "swav", "vissl", "simsiam", "virb", "torchvision", "harness"}
+    assert set(FORMATS) >= {"moco", "swav", "vissl", "simsiam", "virb", "torchvision", "harness", "dino", "mocov3",
+                            "mae", "dinov2", "timm_vit", "open_clip", "open_clip_quickgelu"}
