@@ -1,4 +1,5 @@
-"""What every method shares: a torchvision backbone without classifier, MLP heads, optimiser defaults.
+"""What every method shares: a backbone of any registered architecture (its embedding out), MLP heads, optimiser
+defaults.
 
 A method is an ``nn.Module`` whose ``forward(views, epoch)`` returns the loss; everything it must carry
 across a restart (queues, target networks) lives in its parameters and buffers, so that ``state_dict``
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
-from encoders.resnet import seeded_resnet
-from harness.common.errors import UsageError
+from encoders.archs import arch_names, build_arch, is_arch, pattern_hint
+from harness.common.errors import UsageError, unknown_name
 
 from .augment import AugmentConfig
 
@@ -84,13 +84,29 @@ def apply_overrides(cfg: MethodConfig, overrides: dict[str, str]) -> MethodConfi
     return cfg
 
 
+def check_arch(arch: str) -> None:
+    """A usage error now, before any data is prepared, unless ``arch`` names an architecture."""
+    try:
+        if not is_arch(arch):
+            raise unknown_name("architecture", arch, arch_names(), hint=pattern_hint())
+    except UsageError as exc:
+        raise UsageError(f"--arch: {exc}") from None
+
+
 def make_backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
-    """torchvision ResNet with ``fc`` replaced by identity: its state dict is the harness checkpoint layout."""
-    if not arch.startswith(("resnet", "wide_resnet")) or not hasattr(torchvision.models, arch):
-        raise UsageError(f"--arch {arch!r}: use a torchvision ResNet (resnet18, resnet34, resnet50, ...)")
-    net = seeded_resnet(arch, seed)
-    width = net.fc.in_features
-    net.fc = nn.Identity()
+    """The backbone a method trains, and its embedding width (which every method sizes its projector from).
+
+    Any architecture of ``encoders.archs`` (torchvision ResNets, ResNet v2 and RevNet with widening factors,
+    VGG-19-BN, MobileNetV2, ShuffleNetV2, SqueezeNet, EfficientNet-lite0, ViTs), seeded from ``seed``. Called
+    on images it returns their embedding; its state dict is the ``harness`` checkpoint's, which ``harness eval``
+    loads back strictly into ``build_arch(arch)``. For torchvision ResNets the weights and state dict keys are
+    torchvision's (without ``fc``), as before.
+    """
+    try:
+        net = build_arch(arch, seed)
+    except UsageError as exc:
+        raise UsageError(f"--arch: {exc}") from None
+    width = {t.name: t for t in net.taps}["embedding"].channels
     return net, width
 
 

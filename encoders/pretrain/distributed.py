@@ -81,9 +81,18 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """Every BatchNorm synchronised across ranks, on any architecture: timm's converter, which turns timm's
+    BatchNorm-with-activation layers (EfficientNet) into their synchronised twins with the activation kept,
+    where ``nn.SyncBatchNorm.convert_sync_batchnorm`` would drop it."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def maybe_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """SyncBN across ranks on GPUs (torch's SyncBatchNorm has no CPU kernel, so gloo runs keep local BN);
     not for a method that sets ``sync_bn = False`` (MoCo's shuffle-BN)."""
     if world().size > 1 and device.type == "cuda" and getattr(model, "sync_bn", True):
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return convert_sync_bn(model)
     return model

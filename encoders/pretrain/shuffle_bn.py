@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from .distributed import gather_no_grad, world
@@ -48,7 +49,7 @@ class _SplitMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = effective_splits(x.shape[0], self.splits)
         if not self.training or s == 1 or not self.track_running_stats:
-            return super().forward(x)
+            return super().forward(x)  # (a norm-act layer applies its activation there itself)
         b, c, rest = x.shape[0], x.shape[1], x.shape[2:]
         self.num_batches_tracked.add_(1)
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -59,7 +60,10 @@ class _SplitMixin:
         with torch.no_grad():
             self.running_mean.copy_(mean.view(s, c).mean(0))
             self.running_var.copy_(var.view(s, c).mean(0))
-        return out.reshape(b, c, *rest)
+        return self._after_norm(out.reshape(b, c, *rest))
+
+    def _after_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", splits={self.splits}"
@@ -81,18 +85,48 @@ class SplitBatchNorm1d(_SplitMixin, nn.BatchNorm1d):
         self.splits = splits
 
 
+class SplitBatchNormAct2d(_SplitMixin, BatchNormAct2d):
+    """timm's BatchNorm with its activation (EfficientNet's layers): split statistics, then dropout and act."""
+
+    def __init__(self, num_features: int, splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.splits = splits
+
+    def _after_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def _split_copy(child: nn.modules.batchnorm._BatchNorm, splits: int) -> nn.Module:
+    common = {"eps": child.eps, "momentum": child.momentum, "affine": child.affine,
+              "track_running_stats": child.track_running_stats}
+    if type(child) is BatchNormAct2d:
+        new: nn.Module = SplitBatchNormAct2d(child.num_features, splits, **common)
+        new.act, new.drop = child.act, child.drop
+    else:
+        cls = SplitBatchNorm2d if type(child) is nn.BatchNorm2d else SplitBatchNorm1d
+        new = cls(child.num_features, splits, **common)
+    new.load_state_dict(child.state_dict())
+    new.train(child.training)
+    return new
+
+
+SPLITTABLE = (nn.BatchNorm1d, nn.BatchNorm2d, BatchNormAct2d)
+
+
 def convert_split_bn(module: nn.Module, splits: int) -> nn.Module:
-    """Replace every BatchNorm1d/2d in ``module`` by its split version with the same state (in place)."""
+    """Replace every BatchNorm in ``module`` (torch's 1d/2d, timm's BatchNormAct2d) by its split version with the
+    same state and parameters' values (in place). Another BatchNorm kind would be left unsplit, silently
+    weakening shuffle-BN: it is refused."""
     if splits <= 1:
         return module
     for name, child in module.named_children():
-        if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d):
-            cls = SplitBatchNorm2d if type(child) is nn.BatchNorm2d else SplitBatchNorm1d
-            new = cls(child.num_features, splits, eps=child.eps, momentum=child.momentum,
-                                   affine=child.affine, track_running_stats=child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            new.train(child.training)
-            setattr(module, name, new)
+        if isinstance(child, _SplitMixin):
+            continue
+        if type(child) in SPLITTABLE:
+            setattr(module, name, _split_copy(child, splits))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            raise TypeError(f"shuffle-BN cannot split {type(child).__name__} ({name}); "
+                            f"known: {', '.join(c.__name__ for c in SPLITTABLE)}")
         else:
             convert_split_bn(child, splits)
     return module

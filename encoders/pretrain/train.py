@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD
 
 from . import create_method, get_method
 from .augment import MultiCropAugment
-from .base import Method, MethodConfig, OptimDefaults, apply_overrides
+from .base import Method, MethodConfig, OptimDefaults, apply_overrides, check_arch
 from .corrupt import parse_corruption
 from .data import SYNTH, Manifest, ManifestImages, build_manifest, epoch_batches
 from .distributed import World, init_from_env, maybe_sync_bn
@@ -207,6 +208,26 @@ def _log(world: World, msg: str) -> None:
         sys.stderr.flush()
 
 
+# What each number of an epoch's log line means, said once per run (``harness pretrain --help`` and the
+# README's Pretraining section say the same).
+MONITORS = {
+    "knn": "weighted-kNN top-1 of the backbone's pooled features, synthetic shapes (a labelled train bank, val "
+           "queries; about 0.25 is chance); in the measured runs it fell in the first epochs before it rose, so a "
+           "run of a few epochs usually ends lower than it started",
+    "z_std": "spread of the L2-normalised embedding per dimension (0: collapsed to one point; about 1/sqrt(d), "
+             "0.088 for 128 dimensions: spread over the sphere)",
+    "pos": "mean cosine of a query with its positive key", "neg": "mean cosine of a query with the queue's keys",
+    "proto_step": "how far the prototypes moved this step", "codes_used": "share of the prototypes the codes use",
+}
+
+
+def _explain(world: World, keys: Iterable[str]) -> None:
+    """One line naming what the monitors in ``keys`` measure."""
+    said = [f"{k} = {MONITORS[k]}" for k in MONITORS if k in set(keys)]
+    if said:
+        _log(world, "monitors: " + "; ".join(said))
+
+
 @dataclass
 class Run:
     """Everything one pretraining run is made of, assembled by ``_setup``."""
@@ -262,6 +283,7 @@ def _manifest(o: PretrainOptions, resolution: int) -> Manifest:
 
 def _setup(o: PretrainOptions) -> Run:
     """Data, model, optimiser, schedule and the settings a resumed run must share."""
+    check_arch(o.arch)
     device = resolve_device(o.device)
     world = init_from_env(device)
     cfg: MethodConfig = apply_overrides(get_method(o.method).config(), o.overrides)
@@ -386,6 +408,8 @@ def _end_epoch(r: Run, t_epoch: float, steps_done: int, knn_data) -> None:
     r.losses, r.step_logs = [], []
     diag = "".join(f", {k} {entry[k]:.4g}" for k in ("z_std", "pos", "neg", "proto_step", "codes_used")
                    if k in entry)
+    if not any("loss" in h for h in r.history[:-1]):  # the run's first epoch line
+        _explain(r.world, [k for k in MONITORS if k != "knn" and k in entry])
     _log(r.world, f"epoch {r.epoch}/{r.epochs}: loss {entry['loss']:.4f}"
                   + (f", knn {entry['knn']:.4f}" if "knn" in entry else "") + diag + f" [{entry['seconds']:.1f}s]")
     _save_state(r)
@@ -417,6 +441,7 @@ def run_pretrain(o: PretrainOptions) -> dict:
     if knn_data is not None and not r.history:
         acc = knn_monitor(r.method.backbone, knn_data, r.device, o.knn_k)
         r.history.append({"epoch": 0, "knn": acc})
+        _explain(r.world, ["knn"])
         _log(r.world, f"epoch 0 (init): knn {acc:.4f}")
     r.method.train()
     while r.epoch < r.epochs:
