@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -73,14 +74,148 @@ def _table(*columns: str):
     return table
 
 
+_BREAK_AFTER = re.compile(r"(?<=[_ /@])")  # where a name or a phrase wraps: after '_', ' ', '/' or '@'
+_HYPHEN = re.compile(r"(?<=-)")  # and, only inside a word still too long, after '-'
+
+
+def _pieces(text: str) -> list[str]:
+    """The smallest pieces a cell may wrap into."""
+    return [q for p in _BREAK_AFTER.split(text) for q in _HYPHEN.split(p) if q]
+
+
+def _wrap(text: str, width: int, abbreviate: bool = False) -> str:
+    """``text`` in lines of at most ``width`` characters, broken only after '_', ' ', '/' or '@' (and after
+    '-' in a word longer than the line). A piece still longer than the line, the last resort, is cut, or
+    shortened with a '.' (``abbreviate``: a header, 'available' -> 'avail.')."""
+    width = max(1, width)
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        words = [p for w in _BREAK_AFTER.split(line) if w
+                 for p in ([w] if len(w.rstrip()) <= width else _HYPHEN.split(w)) if p]
+        if abbreviate:
+            words = [w if len(w.rstrip()) <= width else w[:width - 1] + "." for w in words]
+        else:
+            words = [w[i:i + width] for w in words for i in range(0, len(w.rstrip()) or 1, width)]
+        for piece in words:
+            if current and len(current + piece.rstrip()) > width:
+                lines.append(current.rstrip())
+                current = piece
+            else:
+                current += piece
+        lines.append(current.rstrip())
+    return "\n".join(lines)
+
+
+def _longest_piece(text: str) -> int:
+    return max((len(p.rstrip()) for p in _pieces(text)), default=0)
+
+
+def _cut_widths(texts: list[list[str]], room: int) -> list[int]:
+    """Widths for a table whose words cannot all fit ``room``: headers are abbreviated first, then, one
+    character at a time, the column narrowed whose narrowing cuts the fewest more cells (a word in a row
+    or two, never a name every row has), the widest of those. Room left over goes back to cut cells, then
+    to whole headers."""
+    longest = [[_longest_piece(v) for v in col[1:]] for col in texts]  # the cells, not the header
+    widths = [max([2, *col]) for col in longest]  # a header keeps a letter and its '.'
+
+    def cut(c: int, w: int) -> int:
+        return sum(n > w for n in longest[c])
+
+    while sum(widths) > room and max(widths) > 2:
+        widths[min((c for c in range(len(widths)) if widths[c] > 2),
+                   key=lambda c: (cut(c, widths[c] - 1), -widths[c], -c))] -= 1
+    while sum(widths) < room and any(cut(c, widths[c]) for c in range(len(widths))):
+        widths[max(range(len(widths)), key=lambda c: cut(c, widths[c]))] += 1
+    for c in sorted(range(len(widths)), key=lambda c: _longest_piece(texts[c][0]) - widths[c]):
+        widths[c] += max(0, min(_longest_piece(texts[c][0]) - widths[c], room - sum(widths)))
+    return widths
+
+
+def _column_widths(texts: list[list[str]], natural: list[int], least: list[int], room: int,
+                   cut: bool = False) -> list[int]:
+    """Column widths that fit ``room``, the table as short as they allow: from each column's narrowest
+    (its longest unbreakable piece), widen the column that saves the most lines per character, to the
+    next width at which it saves any, while room is left. When even the narrowest do not fit: those
+    (``cut`` False), or ``_cut_widths`` (``cut``)."""
+    if sum(natural) <= room:
+        return list(natural)
+    if sum(least) > room:
+        return _cut_widths(texts, room) if cut else list(least)
+    n = len(texts)
+    # the lines of each cell at every width the column may take
+    lines = [{w: [_wrap(v, w).count("\n") + 1 for v in texts[c]] for w in range(least[c], natural[c] + 1)}
+             for c in range(n)]
+    widths = list(least)
+
+    def height(ws: list[int]) -> int:
+        return sum(max(col) for col in zip(*(lines[c][ws[c]] for c in range(n)), strict=True))
+
+    while True:
+        best, best_key = None, (0.0, 0.0)
+        now, left = height(widths), room - sum(widths)
+        for c in range(n):
+            w = next((w for w in range(widths[c] + 1, natural[c] + 1) if lines[c][w] != lines[c][widths[c]]), None)
+            if w is None or w - widths[c] > left:
+                continue
+            trial = [*widths[:c], w, *widths[c + 1:]]
+            own = sum(lines[c][widths[c]]) - sum(lines[c][w])
+            key = ((now - height(trial)) / (w - widths[c]), own / (w - widths[c]))
+            if key > best_key:
+                best, best_key = (c, w), key
+        if best is None:
+            return widths
+        widths[best[0]] = best[1]
+
+
+def _fit(table, width: int | None):
+    """The table with every cell as plain text (never read as markup: '[block3]' stays), and, when it is
+    wider than ``width``, its widest columns narrowed, their cells wrapped at '_', spaces, '/' and '-' so
+    that no word is split ('synth_' / 'action', never 'synt' / 'h_ac' / 'tion'); if that is not enough,
+    without the padding and outer edges. Only a word no break can narrow enough is left for rich to fold.
+    Rows that wrap get a rule between them, so that a row's lines read as one."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def plain(cell) -> str:
+        return cell.plain if isinstance(cell, Text) else str(cell)
+
+    columns = list(table.columns)
+    n = len(columns)
+    if not n:  # a title alone ('no encoders x tasks table: ...')
+        return table
+    headers = [plain(c.header) for c in columns]
+    cells = [[plain(v) for v in c.cells] for c in columns]
+    texts = [[h, *col] for h, col in zip(headers, cells, strict=True)]
+    widths = [max(len(line) for v in col for line in v.split("\n")) for col in texts]
+    least = [max(len(p.rstrip()) for v in col for p in [*_pieces(v), " "]) for col in texts]
+    style: dict = {}
+    if width is not None:
+        fitted = _column_widths(texts, widths, least, width - 3 * n - 1)  # a space either side, rules, edges
+        if sum(fitted) > width - 3 * n - 1:
+            style = {"padding": (0, 0), "show_edge": False}
+            fitted = _column_widths(texts, widths, least, width - (n - 1), cut=True)  # only the rules between
+        widths = fitted
+    wrapped = [[_wrap(v, w) for v in col] for col, w in zip(cells, widths, strict=True)]
+    out = Table(title=table.title, caption=table.caption,
+                show_lines=any("\n" in v for col in wrapped for v in col), **style)
+    for col, head, w in zip(columns, headers, widths, strict=True):
+        out.add_column(Text(_wrap(head, w, abbreviate=True)), justify=col.justify, overflow="fold")
+    for row in zip(*wrapped, strict=True):
+        out.add_row(*(Text(v) for v in row))
+    return out
+
+
 def _print_table(table) -> None:
-    """Tables never cut names or numbers: in a pipe or file they print at their full width."""
+    """Tables never cut names or numbers: in a pipe or file they print at their full width; in a terminal
+    too narrow for them, names wrap after '_' and phrases at spaces (never inside a word)."""
     from rich.console import Console
 
     if sys.stdout.isatty():
-        Console().print(table)
+        console = Console()
+        console.print(_fit(table, console.width))
     else:
-        Console(width=10_000, soft_wrap=True).print(table)
+        Console(width=10_000, soft_wrap=True).print(_fit(table, None))
 
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -110,11 +245,13 @@ def data_layout(
 def data_check(
     task: Annotated[str, typer.Option("--task", "-t", help="the task whose data to verify")],
     data_root: DataRootOpt = None,
-    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="decode N labels per split "
-                                                  "(seeded) instead of all")] = None,
+    sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="check N samples per split (seeded: "
+                                                  "their labels decoded, their files' sizes compared) instead "
+                                                  "of all")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Verify a dataset's layout, counts and labels; exit 0 when the task can run, 1 otherwise."""
+    """Verify a dataset's layout, counts, labels and what eval requires of them (each sample's files of
+    one size, enough train samples to carve val from); exit 0 when the task can run, 1 otherwise."""
     from tasks.datasets.check import check_task
     from tasks.registry import get_task
 
@@ -122,6 +259,7 @@ def data_check(
     if spec.layout is None:
         raise UsageError(f"task {task} is built in (synthetic): there is no dataset to check")
     doc = check_task(spec, data_root, sample)
+    n_problems = doc.get("n_problems", len(doc["problems"]))
     if json_out:
         _emit(doc)
     else:
@@ -136,9 +274,12 @@ def data_check(
         for p in doc["problems"]:
             typer.echo(f"  problem: {p}")
     if not doc["ok"]:
-        first = doc["problems"][0] if doc["problems"] else "not usable"
-        _err(f"error: task {task}: {first}" + (f" (and {len(doc['problems']) - 1} more)"
-                                                 if len(doc["problems"]) > 1 else ""))
+        if json_out:  # stdout is the document: the one human line names the first problem
+            more = f" (and {n_problems - 1} more)" if n_problems > 1 else ""
+            _err(f"error: task {task}: {doc['problems'][0] if doc['problems'] else 'not usable'}{more}")
+        else:  # the problems are listed above, each once
+            _err(f"error: task {task} cannot run: {n_problems} problem{'' if n_problems == 1 else 's'}, listed "
+                 f"above; see `harness data layout {task}` for the expected layout")
         raise typer.Exit(1)
 
 
@@ -151,21 +292,32 @@ WeightsDirOpt = Annotated[Optional[Path], typer.Option(
 
 @encoders_app.callback()
 def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: WeightsDirOpt = None) -> None:
-    """List the known encoders and whether their weights are present."""
+    """List the known encoders, their parameters and GFLOPs per image at 64 and 224 px, and whether their
+    weights are present."""
     if ctx.invoked_subcommand is not None:
         return
+    from encoders.archs import WIDEN_MAX, WIDEN_MIN, widened_patterns
     from encoders.registry import list_encoders
 
     rows = list_encoders(weights_dir)
     if json_out:
         _emit(rows)
         return
-    table = _table("name", "arch", "method", "data", "corrupt", "epochs", "format", "available")
+
+    def count(value: int | None, scale: float, unit: str = "") -> str:
+        return "-" if value is None else f"{value / scale:.3g}{unit}"
+
+    table = _table("name", "arch", "method", "data", "corrupt", "epochs", "format", "available", "params",
+                   "GFLOPs@64", "GFLOPs@224")
     for r in rows:
         table.add_row(r["name"], r["arch"], r["method"], r["data"], r.get("corrupt", "-"), str(r["epochs"] or "-"),
                       r.get("format") or "-",
-                      "yes" if r["available"] else "no")
+                      "yes" if r["available"] else "no", count(r.get("params"), 1e6, "M"),
+                      count(r.get("flops_64"), 1e9), count(r.get("flops_224"), 1e9))
     _print_table(table)
+    _err(f"also: {', '.join(widened_patterns())} with K = {WIDEN_MIN}..{WIDEN_MAX} (Kolesnikov et al.'s widening "
+         "factor; 4 = the standard width), e.g. --encoder resnet50_x8 or pretrain --arch resnetv2_50_x2; "
+         "tv:NAME and timm:NAME. GFLOPs are multiply-adds per image.")
 
 
 @encoders_app.command("fetch")
@@ -195,10 +347,9 @@ def encoders_fetch(
 
 
 def _variant_tag(r: dict) -> str:
-    """' [knn, block3, 10% of train]' for a record of another probe, tap or label fraction; '' for the default."""
+    """' [knn, 10% of train]' for a record of another probe or label fraction; '' for the default (the tap
+    has a column of its own)."""
     parts = [r["probe"]] if r.get("probe", "head") != "head" else []
-    if r.get("tap") not in (None, "embedding"):
-        parts.append(r["tap"])
     sub = r.get("subset") or {}
     if sub:
         parts.append(f"{sub['train']['n']} train ({sub['fraction']:.1%})")
@@ -206,18 +357,22 @@ def _variant_tag(r: dict) -> str:
 
 
 def _print_results(records: list[dict]) -> None:
-    """The result table: one row per encoder x task (failed tasks with their error)."""
-    table = _table("encoder", "task", "metric", "test", "val", "chance", "config (epoch)", "time", "cache")
+    """The result table: one row per encoder x task (failed tasks with their error), and per tap when a
+    tap other than the embedding was probed (``--tap``)."""
+    taps = any(r.get("tap") not in (None, "embedding") for r in records)
+    table = _table("encoder", "task", *(["tap"] if taps else []), "metric", "test", "val", "chance",
+                   "config (epoch)", "time", "cache")
     for r in records:
+        tap = [r.get("tap") or "-"] if taps else []
         if r["status"] != "ok":
-            table.add_row(r["encoder"], r["task"], r.get("metric", ""), "FAILED", "see below", "", "", "", "")
+            table.add_row(r["encoder"], r["task"], *tap, r.get("metric", ""), "FAILED", "see below", "", "", "", "")
             continue
         std = f" ± {r['secondary']['test_std']:.4f}" if "test_std" in r.get("secondary", {}) else ""
         c = r["cache"]
         chance = f"{r['chance']:.3f}" if r.get("chance") is not None else "-"
         cache = "existing record" if r.get("skipped") else f"{c.get('hits', 0)} hit / {c.get('misses', 0)} miss"
         epoch = f" ({r['epoch']})" if r.get("epoch") is not None else ""
-        table.add_row(r["encoder"], r["task"] + _variant_tag(r), r["metric"], f"{r['test']:.4f}{std}",
+        table.add_row(r["encoder"], r["task"] + _variant_tag(r), *tap, r["metric"], f"{r['test']:.4f}{std}",
                       f"{r['val']:.4f}", chance, f"{r['config'].get('label', '')}{epoch}",
                       f"{r['timings'].get('total_s', 0):.1f}s", cache)
     _print_table(table)
@@ -225,7 +380,8 @@ def _print_results(records: list[dict]) -> None:
         typer.echo("'existing record': a record with the same settings was found and kept; --force redoes it.")
     for r in records:  # each failure's whole line, never cut to fit a cell
         if r["status"] != "ok":
-            typer.echo(f"FAILED {r['encoder']} / {r['task']}: {r.get('error', '')}")
+            at = f" / tap {r['tap']}" if taps and r.get("tap") else ""
+            typer.echo(f"FAILED {r['encoder']} / {r['task']}{at}: {r.get('error', '')}")
 
 
 @app.command("eval")
@@ -241,7 +397,8 @@ def eval_cmd(
     encoder_seed: Annotated[int, typer.Option("--encoder-seed", help="seed of a random-init encoder")] = 0,
     device: DeviceOpt = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="where real datasets live")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="samples per batch, for "
+                                                      "encoding and head training (default: the task's)")] = None,
     grid: Annotated[str, typer.Option("--grid", help="full: the task's 4-config grid; single: its default")] = "full",
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader workers for encoding "
                                                    "(default: the machine's cores for datasets read from files, "
@@ -285,17 +442,38 @@ def eval_cmd(
     """Evaluate one frozen encoder on one or more tasks."""
     from .runner import eval_options, run_eval
 
-    records = run_eval(eval_options(ctx.params, debug=_state["debug"]))
+    try:
+        records = run_eval(eval_options(ctx.params, debug=_state["debug"]))
+    except Exception as exc:
+        if json_out:  # nothing ran (the encoder, an option): stdout still carries one document
+            _emit(_not_run(encoder, task, exc))
+        raise
+    failed = [r for r in records if r["status"] != "ok"]
     if json_out:
         _emit(records[0] if len(records) == 1 else records)
-    else:
+    if len(records) == 1 and failed:  # a single task's failure: its one error line (its record is written)
+        error, named = failed[0].get("error") or "failed", f"task {failed[0]['task']}: "
+        _err(f"error: {error if error.startswith(named) else named + error}")
+        raise typer.Exit(1)
+    if not json_out:
         _print_results(records)
     written = sum(1 for r in records if not r.get("skipped"))
     kept = len(records) - written
-    failed = sum(1 for r in records if r["status"] != "ok")
-    _err(f"{written} record(s) written ({failed} failed), {kept} existing kept, in {out}/; next: harness report {out}")
-    if any(r["status"] != "ok" for r in records):
+    _err(f"{written} record(s) written ({len(failed)} failed), {kept} existing kept, in {out}/; next: harness report "
+         f"{out}")
+    if failed:
         raise typer.Exit(1)
+
+
+def _not_run(encoder: str, tasks: list[str], exc: Exception) -> dict | list[dict]:
+    """What ``eval --json`` prints when it fails before any task ran: one failed entry per task asked
+    (the shape of a record where it matters to a script: encoder, task, status, error)."""
+    error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(exc, HarnessError):
+        error = f"{type(exc).__name__}: {error}"
+    docs = [{"encoder": encoder, "task": t, "status": "failed", "error": error, "test": None, "val": None}
+            for t in tasks]
+    return docs[0] if len(docs) == 1 else docs
 
 
 def _eval_params(extra: list[str]) -> dict:
@@ -360,10 +538,11 @@ def _print_sweep(doc: dict) -> None:
         typer.echo(f"estimate: {e['encode_hours']:.3g} {e['kind']} hour(s) of encoding "
                    f"({e['encode_hours_without_sharing']:.3g} without shared features); {e['note']}")
         typer.echo(f"throughput ({e['how']}): " + ", ".join(f"{k} {v} img/s" for k, v in e["throughput"].items()))
-    table = _table("encoder", "task", "seed", "status", "attempts", "time", "error")
+    table = _table("encoder", "task", "seed", "status", "test", "attempts", "time", "error")
     for j in doc["jobs"]:
-        table.add_row(j["encoder"], j["task"], str(j["seed"]), j["status"], str(j["attempts"]), f"{j['wall_s']:.0f}s",
-                      j["error"])
+        score = f"{j['metric']} {j['test']:.4f}" if j.get("test") is not None else "-"
+        table.add_row(j["encoder"], j["task"], str(j["seed"]), j["status"], score, str(j["attempts"]),
+                      f"{j['wall_s']:.0f}s", j["error"])
     _print_table(table)
     if "counts" in doc:
         c = doc["counts"]
@@ -421,10 +600,26 @@ def cache_clear(
     typer.echo(f"removed {files} file(s), {size / 2**20:.1f} MiB")
 
 
-@app.command()
+PRETRAIN_HELP = (
+    "Train an encoder with a self-supervised method (torchrun for several GPUs or nodes).\n\n"
+    "Where a run goes: OUT/NAME/ (NAME: --name, else METHOD_ARCH_DATA_..._sSEED) holds manifest.json (the "
+    "images used), last.pt (the state a rerun resumes from) and NAME.pt, the encoder; NAME.pt is also copied to "
+    "$HARNESS_WEIGHTS/user (default ~/.cache/harness/weights/user), so that `harness encoders` lists it and "
+    "`harness eval --encoder NAME` takes it.\n\n"
+    "The log, per epoch: loss; knn, the weighted-kNN top-1 of the backbone's features on synthetic shapes "
+    "(about 0.25 is chance), before training and every --knn-every epochs; where the method logs them, z_std "
+    "(spread of the normalised embedding: 0 is collapse, about 0.088 is spread for 128 dimensions), pos / neg "
+    "(MoCo: mean cosine of a query with its positive key / with the queue), proto_step and codes_used (SwAV).\n\n"
+    "kNN usually falls in the first epochs before it rises: a 2-epoch run that ends lower than it started is "
+    "expected, not a fault. `--preset small` holds the recipes measured to learn on CPU budgets."
+)
+
+
+@app.command(help=PRETRAIN_HELP)
 def pretrain(
     method: Annotated[str, typer.Option("--method", "-m", help="mocov2, mocov1, swav, simclr, byol")],
-    data: Annotated[list[str], typer.Option("--data", help="'synth' or an image folder (repeat to combine)")],
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="'synth' (default) or an image folder "
+                                                                    "(repeat to combine)")] = None,
     variant: Annotated[str, typer.Option("--variant", help="full, half, quarter, lin, log")] = "full",
     manifest: Annotated[Path | None, typer.Option("--manifest", help="reuse a saved manifest.json")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="'small': the CPU recipe per method (which "
@@ -432,7 +627,11 @@ def pretrain(
                                                                 "options and --set override it")] = None,
     corrupt: Annotated[str | None, typer.Option("--corrupt", help="corrupt the pretraining images first: "
                                                                   "jpeg:Q, downsample:F, saltpepper:P, blur:S")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="torchvision ResNet")] = "resnet18",
+    arch: Annotated[str, typer.Option("--arch", help="any architecture `harness encoders` lists (resnet18, "
+                                                     "resnetv2_50, revnet50, vgg19_bn, mobilenet_v2, "
+                                                     "shufflenet_v2_x1_0, squeezenet1_1, efficientnet_lite0, "
+                                                     "vit_small_patch16, ...) or a widened BASE_xK "
+                                                     "(resnet50_x8)")] = "resnet18",
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="default: the method's")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=2, help="global batch")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="default: published lr x batch/ref")] = None,
@@ -440,7 +639,8 @@ def pretrain(
     resolution: Annotated[int | None, typer.Option("--resolution", min=16, help="crop size")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="runs folder")] = Path("runs/pretrain"),
+    out: Annotated[Path, typer.Option("--out", help="runs folder: each run in OUT/NAME/ (manifest, last.pt "
+                                                      "to resume, the encoder NAME.pt)")] = Path("runs/pretrain"),
     name: Annotated[str | None, typer.Option("--name", help="run (and encoder) name")] = None,
     setting: Annotated[list[str] | None, typer.Option("--set", help="method setting KEY=VALUE, e.g. "
                                                          "queue=4096, temperature=0.2, optim.lr=0.1")] = None,
@@ -452,7 +652,7 @@ def pretrain(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from last.pt")] = True,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train an encoder with a self-supervised method (torchrun for several GPUs or nodes)."""
+    """Train an encoder with a self-supervised method (the help: PRETRAIN_HELP)."""
     from encoders.pretrain.train import PretrainOptions, run_pretrain
 
     overrides = {}
@@ -462,8 +662,8 @@ def pretrain(
             raise UsageError(f"--set {item!r}: use KEY=VALUE")
         overrides[key.strip()] = value.strip()
     result = run_pretrain(PretrainOptions(
-        method=method, data=data, variant=variant, manifest=manifest, preset=preset, corrupt=corrupt, arch=arch,
-        epochs=epochs,
+        method=method, data=data or ["synth"], variant=variant, manifest=manifest, preset=preset, corrupt=corrupt,
+        arch=arch, epochs=epochs,
         batch_size=batch_size, lr=lr, limit=limit, resolution=resolution, seed=seed, device=device, out=out,
         name=name, overrides=overrides, save_every=save_every, knn_every=knn_every, workers=workers, amp=amp,
         resume=resume))
@@ -473,7 +673,8 @@ def pretrain(
         _emit(result)
     else:
         knn = result["knn"]
-        knn_s = f", knn {knn[0]['knn']:.3f} -> {knn[-1]['knn']:.3f}" if knn else ""
+        knn_s = (f", kNN top-1 on synthetic shapes {knn[0]['knn']:.3f} (epoch {knn[0]['epoch']}) -> "
+                 f"{knn[-1]['knn']:.3f} (epoch {knn[-1]['epoch']})" if knn else "")
         typer.echo(f"{result['method']} {result['arch']}: {result['epochs']} epochs on {result['images']} images"
                    f"{knn_s} [{result['timings']['total_s']:.1f}s] -> {result['checkpoint']}")
 
@@ -562,6 +763,34 @@ def _click_exception_types() -> tuple[type, ...]:
 INTERRUPTED = 130
 
 
+def _stdout_closed(exc: BaseException | None = None) -> bool:
+    """Whether stdout's reader has gone (``harness report results | head -1``): the exit came while a write
+    met a broken pipe (rich and click both exit 1 then), click has marked stdout, or the pipe says so."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__context__
+    if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's mark of a closed stdout
+        return True
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.__stdout__.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _exit_closed_stdout() -> None:
+    """A reader that stopped reading is not an error: exit 0, with the rest of stdout sent nowhere (so that
+    the flush at exit does not fail again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
 def _exit_interrupted() -> None:
     _err("interrupted; nothing was recorded for the task in progress (finished records are kept)")
     sys.exit(INTERRUPTED)
@@ -584,10 +813,17 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", None)
-        sys.exit(code if code is not None else getattr(exc, "code", 0))
+        code = code if code is not None else getattr(exc, "code", 0)
+        if code == 1 and isinstance(exc, SystemExit) and _stdout_closed(exc):  # rich's or click's exit on EPIPE
+            _exit_closed_stdout()
+        sys.exit(code)
     except typer.Abort:
         _err("aborted")
         sys.exit(1)
+    except BrokenPipeError as exc:
+        if not _stdout_closed(None):
+            raise HarnessError(f"a pipe closed: {exc}") from None
+        _exit_closed_stdout()
     except Exception as exc:
         if isinstance(exc, _click_exception_types()):  # usage errors from the parser: its own message, exit 2
             exc.show(file=sys.stderr)

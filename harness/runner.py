@@ -33,6 +33,7 @@ from heads.registry import HeadEntry
 from tasks.datasets.base import TaskDataset
 from tasks.registry import get_task
 from tasks.spec import DataRequest, OptimConfig, TaskSpec
+from tasks.splits import carve_problem, carve_val
 
 from . import probes, subsets
 from .cache import FeatureKey
@@ -42,7 +43,6 @@ from .common.progress import TrainProgress, log
 from .common.taps import Tap
 from .features import CacheStats, EncodeSettings, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
-from .splits import carve_val
 from .stacked import fit_grid, supports
 from .train import FitResult, evaluate, fit, resolve_head_precision
 
@@ -261,11 +261,26 @@ def _encode(encoder, dataset, plan: TaskPlan, key: FeatureKey, stats: CacheStats
 # ----------------------------------------------------------------------------------- 2. train / val
 
 def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
-    """Train datasets (one per augmented copy), the val dataset, how val was made, the carve's id."""
+    """Train datasets (one per augmented copy), the val dataset, how val was made, the carve's id.
+
+    Neither comes back empty: an empty split, or a train split too small to carve val from, is
+    one line naming the task, the split and the count (``harness data check`` reports the same)."""
+    def too_small(problem: str) -> HarnessError:
+        limit = f"; --limit {opts.limit} leaves too few" if opts.limit else ""
+        return HarnessError(f"task {task.name}: {problem}{limit}; add samples (`harness data check --task "
+                            f"{task.name}` lists what is there)")
+
     trains = [task.dataset(task, _request(task, opts, task.splits.train, True, k)) for k in range(copies)]
+    if not len(trains[0]):
+        raise too_small(f"{task.splits.train}: no samples")
     if task.splits.val is not None:
         val = task.dataset(task, _request(task, opts, task.splits.val, False))
+        if not len(val):
+            raise too_small(f"{task.splits.val}: no samples")
         return trains, val, f"official '{task.splits.val}' split", None
+    problem = carve_problem(task.splits.train, len(trains[0]))
+    if problem:
+        raise too_small(problem)
     full_eval = task.dataset(task, _request(task, opts, task.splits.train, False))
     labels = None
     if task.output == "image" and task.is_classification:
@@ -274,11 +289,12 @@ def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
                                f"split by (TaskDataset.class_labels)")
         labels = trains[0].class_labels()
     tr_idx, va_idx = carve_val(len(trains[0]), task.splits.val_fraction, opts.seed, labels)
-    how = "stratified " if labels is not None else ""
+    how = f"{'stratified ' if labels is not None else ''}{task.splits.val_fraction:g} of '{task.splits.train}' " \
+          f"carved with seed {opts.seed}"
+    if labels is not None and not set(labels[va_idx].tolist()) <= set(labels[tr_idx].tolist()):
+        how += " (every class has a single sample: val's classes are not in train)"
     subsets = [Subset(ds, tr_idx.tolist()) for ds in trains]
-    return (subsets, Subset(full_eval, va_idx.tolist()),
-            f"{how}{task.splits.val_fraction:g} of '{task.splits.train}' carved with seed {opts.seed}",
-            hashlib.sha256(va_idx.tobytes()).hexdigest()[:12])
+    return subsets, Subset(full_eval, va_idx.tolist()), how, hashlib.sha256(va_idx.tobytes()).hexdigest()[:12]
 
 
 def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats, listed=None):
@@ -349,7 +365,11 @@ def list_test(target: TaskSpec, opts: EvalOptions):
     """The test split's listing (files paired, nothing decoded or encoded): made before training so
     that a missing test file fails in seconds, not after hours of training. Nothing of it is read
     until every choice has been made on val."""
-    return target.dataset(target, _request(target, opts, target.splits.test, False))
+    test = target.dataset(target, _request(target, opts, target.splits.test, False))
+    if not len(test):  # found now, not as an IndexError after training
+        raise HarnessError(f"task {target.name}: {target.splits.test}: no samples; add samples (`harness data check "
+                           f"--task {target.name}` lists what is there)")
+    return test
 
 
 def encode_test(encoder, plan: TaskPlan, target: TaskSpec, opts: EvalOptions, stats: CacheStats, test_ds=None):
@@ -412,7 +432,8 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
     if len(sel.per_seed) > 1:
         record.secondary.update({"seeds": seed_rows, "test_std": statistics.stdev(tests),
                                  "val_std": statistics.stdev(vals)})
-    log(f"test {target.name}: {target.metric} {record.test:.4f}")
+    at = f" (tap {sel.fields.get('tap')})" if opts.tap is not None else ""
+    log(f"test {target.name}{at}: {target.metric} {record.test:.4f}")
     return record
 
 
@@ -456,6 +477,8 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
                   **probes.tap_record(tap, name, encoder, drawn.val, opts.pool_dims)}
         if fields["tap"] == probes.DEFAULT_TAP and task.head not in ("linear", "fusion") and opts.probe == "head":
             fields["tap"] = fields["tap_index"] = None  # a dense head reads its own taps
+        if opts.tap is not None:  # the training lines that follow are this tap's
+            log(f"{task.name}: {opts.probe} on tap {fields['tap']} ({list(taps).index(tap) + 1}/{len(taps)})")
         t_train = time.perf_counter()
         sel = Selection([], "fp32", len(drawn.train[0]), len(drawn.val), val_how, carve_id, 0.0, fields=fields,
                         notes=list(drawn.notes))
@@ -536,7 +559,18 @@ def run_eval(opts: EvalOptions) -> list[dict]:
     # Loading options are passed only when set, so the plain create_encoder(name, seed) call stays as it was.
     loading = {k: v for k, v in (("fmt", opts.fmt), ("weights_dir", opts.weights_dir), ("download", opts.download))
                if v}
-    encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
+    try:
+        encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
+    except HarnessError as exc:  # missing weights: say at once whether the tasks' data is missing too
+        no_data = [t for t in opts.tasks if not _data_available(t, opts)]
+        if isinstance(exc, UsageError) or not no_data:
+            raise
+        from tasks.datasets.base import resolve_data_root
+
+        where = ", ".join(str(resolve_data_root(opts.data_root) / t.layout.folder) for t in no_data)
+        raise HarnessError(f"{exc}; and the data of task(s) {', '.join(t.name for t in no_data)} is missing too: "
+                           f"{where} not found (`harness data layout {no_data[0].name}` shows what goes "
+                           f"there)") from None
     asked = {t.name for t in opts.tasks}
     taps = probes.requested_taps(encoder, opts.tap)
     out: list[dict] = []
@@ -570,15 +604,25 @@ def run_eval(opts: EvalOptions) -> list[dict]:
         try:
             records = evaluate_group(encoder, source, todo_targets, opts, device, todo_taps)
         except Exception as exc:
-            if opts.debug or (len(opts.tasks) == 1 and isinstance(exc, HarnessError)):
+            # Every failure is a failed record (written, and returned: `eval --json` prints it), a single
+            # task's included; only --debug (a traceback) and a usage mistake (exit 2) stop the run here.
+            if opts.debug or (len(opts.tasks) == 1 and isinstance(exc, UsageError)):
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            records = [_failed(encoder, t, opts, f"{type(exc).__name__}: {msg}", tap) for t, tap in pairs]
-            log(f"task {source.name}: FAILED: {msg}")
+            error = msg if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {msg}"  # a user's line as is
+            records = [_failed(encoder, t, opts, error, tap) for t, tap in pairs]
+            if len(groups) > 1:  # a single task's failure is eval's error line: said once
+                log(f"task {source.name}: FAILED: {msg}")
         for record, (target, tap) in zip(records, pairs, strict=True):
             if (target.name, tap) not in wanted:  # its record exists (the target's other taps were to do)
                 continue
             record.run_key = run_key(encoder, target, opts, tap)
-            record.write_to(paths[target.name, tap])
+            try:
+                record.write_to(paths[target.name, tap])
+            except OSError as exc:
+                if record.status == "ok":
+                    raise
+                # a failure's record that cannot be written (a full disk) must not hide the failure itself
+                record.notes.append(f"not written to {paths[target.name, tap]}: {exc.strerror or exc}")
             out.append(record.to_dict())
     return out

@@ -145,8 +145,44 @@ class TaskDataset(Dataset):
             raise NotImplementedError
         return int(labels[i]), None
 
+    def sized_files(self, i: int) -> Sequence[Path]:
+        """The files of sample ``i`` that must share one size, the image first: a pixelwise image and
+        its label map, a pair's frames. Empty where nothing is compared (image-level samples are
+        resized one by one)."""
+        return ()
+
+    def size_problem(self, i: int) -> str | None:
+        """What eval would refuse about sample ``i``'s sizes, read from the file headers (nothing is
+        decoded, so ``data check`` can afford every pair); None when they agree."""
+        files = self.sized_files(i)
+        if len(files) < 2:
+            return None
+        ref = header_size(files[0])
+        for f in files[1:]:
+            size = header_size(f)
+            if size != ref:
+                return size_mismatch(f, size, files[0], ref)
+        return None
+
 
 # ---------------------------------------------------------------------------------------- images
+
+def header_size(path: Path | str) -> tuple[int, int]:
+    """(W, H) of an image from its header alone (PIL reads no pixels until asked)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise HarnessError(f"{path}: not a readable image ({exc})") from None
+
+
+def size_mismatch(path: Path | str, size: tuple[int, int], ref: Path | str, ref_size: tuple[int, int]) -> str:
+    """The one line for files of one sample whose sizes differ (sizes as (W, H))."""
+    return (f"{path}: {size[0]} x {size[1]} (W x H), but {Path(ref).name}, which it must match, is "
+            f"{ref_size[0]} x {ref_size[1]}; the files do not belong together (or one was resized)")
+
 
 def image_size(task: TaskSpec, req: DataRequest) -> tuple[int, int] | None:
     """(H, W) an image-level sample is resized to: ``--resolution`` or the task's eval resize."""

@@ -4,7 +4,13 @@ The check builds each split through the task's own loader (so it verifies exactl
 eval would read), in collecting mode: every pairing problem is listed, not only the first. It
 then decodes the labels (all of them, or a seeded ``sample``) at native resolution and
 summarises them as spec/data.md fixes: a class histogram, per-class pixel shares, depth or
-flow statistics over valid pixels.
+flow statistics over valid pixels. A label value the release never writes is a problem naming
+the file and the value (each loader's decoder refuses it, in eval as here).
+
+What eval requires beyond the labels is checked too, so that a split that passes here does not
+fail there: the files of each sample (an image and its label map, a pair's frames) have one
+size, read from their headers (no pixels decoded: a full Cityscapes check stays fast), and a
+train split from which eval carves its validation split has enough samples for both.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from harness.common.errors import HarnessError
+from tasks.splits import carve_problem
 
 from ..spec import DataRequest, TaskSpec
 from .base import DataMissing, TaskDataset, resolve_data_root
@@ -154,22 +161,40 @@ class _PixelSummary:
         return {"valid_fraction": vf, "u_mean": float(self.sum[0] / n), "v_mean": float(self.sum[1] / n)}
 
 
+def _sizes(ds: TaskDataset, indices: Iterable[int], problems: list[str]) -> None:
+    """Every listed sample's files compared by size, as eval will (from the headers: no decoding)."""
+    if type(ds).sized_files is TaskDataset.sized_files:  # nothing to compare (image-level samples)
+        return
+    for i in indices:
+        try:
+            problem = ds.size_problem(int(i))
+        except HarnessError as exc:
+            problem = str(exc)
+        if problem:
+            problems.append(problem)
+
+
 def check_task(task: TaskSpec, data_root=None, sample: int | None = None) -> dict[str, Any]:
-    """The ``data check --json`` document; ``ok`` is False when the task cannot run."""
+    """The ``data check --json`` document; ``ok`` is False when the task cannot run.
+
+    Each problem is listed once (a loader that reads the whole release for every split reports
+    a release-wide problem with each), as ``<file or split>: <what is wrong>`` without the task's
+    name, which the error line adds; ``n_problems`` counts them all, the list stops at
+    ``MAX_PROBLEMS``."""
     root = resolve_data_root(data_root) / task.layout.folder if task.layout is not None else None
     doc: dict[str, Any] = {"task": task.name, "ok": True, "root": str(root) if root else None, "splits": {},
                            "problems": [], "warnings": []}
-    problems: list[str] = doc["problems"]
+    problems: list[str] = []
+    prefix = f"task {task.name}: "
     for split in task_splits(task):
         req = DataRequest(split=split, data_root=data_root, resolution=None, limit=None, train=False, strict=False)
         try:
             ds = task.dataset(task, req)
         except DataMissing as exc:
-            problems.append(str(exc))
-            doc["ok"] = False
+            problems.append(str(exc).removeprefix(prefix))
             break
         except HarnessError as exc:
-            problems.append(f"{split}: {exc}")
+            problems.append(f"{split}: {str(exc).removeprefix(prefix)}")
             continue
         problems.extend(getattr(ds, "problems", []) or [])
         doc["warnings"].extend(getattr(ds, "warnings", []) or [])  # a loader's notes, e.g. clips not downloaded
@@ -185,13 +210,22 @@ def check_task(task: TaskSpec, data_root=None, sample: int | None = None) -> dic
                 doc["warnings"].append(f"{split}: {n:,} samples, more than the {expected:,} expected")
         if n == 0:
             problems.append(f"{split}: no samples found under {root}")
+        elif split == task.splits.train and task.splits.val is None and not task.head_from:
+            problems.extend(p for p in [carve_problem(split, n)] if p)  # eval carves val from this split
+            labels = ds.class_labels() if isinstance(ds, TaskDataset) and _kind(task) == "classification" else None
+            if n >= 2 and labels is not None and np.bincount(labels).max() == 1:
+                doc["warnings"].append(f"{split}: every class has a single sample, so the validation split carved "
+                                       f"from it holds classes that train lacks")
         if isinstance(ds, TaskDataset) and n:
-            entry["labels"] = summarise(task, ds, _indices(n, sample), problems)
+            picked = _indices(n, sample)
+            entry["labels"] = summarise(task, ds, picked, problems)
+            _sizes(ds, picked, problems)
         doc["splits"][split] = entry
-    if problems:
-        doc["ok"] = False
+    problems = list(dict.fromkeys(problems))
+    doc["ok"] = not problems
+    doc["n_problems"] = len(problems)
     if len(problems) > MAX_PROBLEMS:
         extra = len(problems) - MAX_PROBLEMS
-        del problems[MAX_PROBLEMS:]
-        problems.append(f"... and {extra} more")
+        problems = problems[:MAX_PROBLEMS] + [f"... and {extra} more"]
+    doc["problems"] = problems
     return doc

@@ -82,6 +82,7 @@ LABEL_TO_TRAIN: dict[int, int] = {
     33: 18,      # bicycle
 }
 # (license plate has id -1 in labels.py: the release's label images never hold it.)
+MAX_LABEL_ID = max(LABEL_TO_TRAIN)  # 33: a label image holding more was not written by the release
 
 _LUT = np.full(256, IGNORE, dtype=np.uint8)
 for _label, _train in LABEL_TO_TRAIN.items():
@@ -107,7 +108,8 @@ def label_to_train(label_ids: np.ndarray) -> np.ndarray:
 
 
 def read_label_ids(path: Path) -> np.ndarray:
-    """A ``*_gtFine_labelIds.png`` as (H, W) uint8 labelIds (an 8-bit grey PNG in the release)."""
+    """A ``*_gtFine_labelIds.png`` as (H, W) uint8 labelIds (an 8-bit grey PNG in the release); a
+    value the release never writes (outside 0..33) is refused, naming the file and the value."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):
@@ -118,8 +120,12 @@ def read_label_ids(path: Path) -> np.ndarray:
         raise HarnessError(f"{path}: file not found") from None
     except OSError as exc:
         raise HarnessError(f"{path}: not a readable PNG ({exc})") from None
-    if arr.max(initial=0) > 255:
-        raise HarnessError(f"{path}: label id {int(arr.max())} is outside the labelIds 0..33")
+    bad = (arr < 0) | (arr > MAX_LABEL_ID)
+    if bad.any():
+        values = np.unique(arr[bad])
+        shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise HarnessError(f"{path}: label id {shown} at {int(bad.sum()):,} pixel(s): the release's labelIds are "
+                           f"0..{MAX_LABEL_ID} (is this a *_gtFine_labelIds.png, unchanged?)")
     return arr.astype(np.uint8)
 
 
@@ -141,6 +147,9 @@ class CityscapesSplit(PixelSplit):
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return class_map_sample(label_to_train(read_label_ids(self.items[i][1])))
+
+    def sized_files(self, i: int) -> tuple[Path, Path]:
+        return self.items[i]
 
 
 def list_split(root: Path, split: str, task_name: str, problems: Problems) -> list[tuple[Path, Path]]:

@@ -121,6 +121,10 @@ def read_polygons(path: Path) -> list[dict[str, np.ndarray]]:
             if pts.size:
                 if pts.ndim != 2 or pts.shape[1] != 2:
                     raise HarnessError(f"{path}: a {hand} polygon of shape {pts.shape}, expected (n, 2) x, y")
+                if not np.isfinite(pts).all():
+                    bad = pts[~np.isfinite(pts)][0]
+                    raise HarnessError(f"{path}: frame {len(frames) + 1}'s {hand} polygon has a vertex coordinate "
+                                       f"{bad}; the release's vertices are pixel coordinates")
                 hands[hand] = pts
         frames.append(hands)
     return frames
@@ -173,9 +177,17 @@ def read_mask(cache_file: Path, k: int) -> np.ndarray:
 class EgoHandsSplit(PixelSplit):
     kind = "class_map"
 
-    def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path, int]], problems: Problems):
+    def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path, int]], problems: Problems,
+                 first_frames: dict[Path, Path] | None = None):
         super().__init__(task, req, problems)
         self.items = items  # (frame, cached masks of its video, index in the video)
+        self.first_frames = first_frames or {}  # cached masks -> the frame whose size they are drawn at
+
+    def sized_files(self, i: int) -> tuple[Path, ...]:
+        """A video's masks are drawn at its first frame's size: every frame must have it."""
+        frame, cache_file, _ = self.items[i]
+        first = self.first_frames.get(cache_file)
+        return (first, frame) if first is not None and first != frame else ()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -238,7 +250,8 @@ def build(task: TaskSpec, req: DataRequest) -> EgoHandsSplit:
             problems.add(root / v, "not one of the 48 EgoHands videos; the split is by video name, so it has none")
     items = [item for v in videos if v in SPLIT_VIDEOS[req.split] for item in list_video(root / v, problems)]
     problems.raise_if_any()
-    return EgoHandsSplit(task, req, apply_limit(items, req), problems)
+    first_frames = {cache_file: frame for frame, cache_file, k in items if k == 0}
+    return EgoHandsSplit(task, req, apply_limit(items, req), problems, first_frames)
 
 
 EGOHANDS_SEG = register_task(TaskSpec(

@@ -30,7 +30,7 @@ from harness.common.errors import HarnessError
 
 from ..registry import register_task
 from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import Problems, apply_limit, list_names, load_image, require, task_folder
+from .base import Problems, apply_limit, list_names, load_image, require, size_mismatch, task_folder
 from .pixelwise import PixelSplit
 from .png16 import read_png16
 
@@ -63,7 +63,17 @@ def decode_flow(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_flow(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    return decode_flow(read_png16(path, channels=3))
+    """A ``flow_occ`` PNG decoded; a valid flag (B) other than the devkit's 0 or 1 is refused, naming the
+    file and the value (R and G are 16-bit flow: every value is one the format can hold)."""
+    samples = read_png16(path, channels=3)
+    flags = samples[..., 2]
+    bad = flags > 1
+    if bad.any():
+        values = np.unique(flags[bad])
+        shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise HarnessError(f"{path}: valid flag (blue channel) {shown} at {int(bad.sum()):,} pixel(s): the devkit "
+                           f"writes 1 (valid) or 0 (no ground truth); is this a flow_occ map, unchanged?")
+    return decode_flow(samples)
 
 
 class KittiFlowSplit(PixelSplit):
@@ -79,11 +89,14 @@ class KittiFlowSplit(PixelSplit):
     def where(self, i: int) -> str:
         return str(self.items[i][2])
 
+    def sized_files(self, i: int) -> tuple[Path, Path, Path]:
+        return self.items[i]  # frame t, frame t + 1, flow: one size
+
     def decode_image(self, i: int) -> torch.Tensor:
         a, b = (load_image(p, None) for p in self.items[i][:2])
         if a.shape != b.shape:
-            raise HarnessError(f"{self.items[i][1]}: {tuple(b.shape[-2:])}, but frame t {self.items[i][0].name} is "
-                               f"{tuple(a.shape[-2:])}")
+            raise HarnessError(self.size_problem(i) or size_mismatch(
+                self.items[i][1], (b.shape[2], b.shape[1]), self.items[i][0], (a.shape[2], a.shape[1])))
         return torch.stack([a, b])
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

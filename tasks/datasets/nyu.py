@@ -83,6 +83,22 @@ def walkable_map(labels: np.ndarray, walkable_ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shown(values: np.ndarray) -> str:
+    """The distinct offending values, the first few."""
+    u = np.unique(values)
+    return ", ".join(f"{v:g}" for v in u[:5].tolist()) + (", ..." if len(u) > 5 else "")
+
+
+def checked_depth(depth: np.ndarray, where: str) -> np.ndarray:
+    """Depth in metres as the release holds it (in-painted, so finite and >= 0; 0 is read as no depth);
+    a NaN, infinite or negative depth is refused, naming the file and the value."""
+    bad = ~np.isfinite(depth) | (depth < 0)
+    if bad.any():
+        raise HarnessError(f"{where}: depth {_shown(depth[bad])} at {int(bad.sum()):,} pixel(s): the release's "
+                           f"depths are metres >= 0")
+    return depth
+
+
 # ------------------------------------------------------------------------------------------ the .mat
 
 class NyuMat:
@@ -137,10 +153,16 @@ class NyuMat:
         return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
 
     def depth(self, j: int) -> np.ndarray:
-        return np.asarray(self.file()["depths"][j], dtype=np.float32).T
+        return checked_depth(np.asarray(self.file()["depths"][j], dtype=np.float32).T, f"{self.path} frame {j + 1}")
 
     def labels(self, j: int) -> np.ndarray:
-        return np.asarray(self.file()["labels"][j]).T.astype(np.int64)
+        """Frame ``j``'s class ids; an id past the release's names (0 = unlabelled, k = names{k}) is refused."""
+        labels = np.asarray(self.file()["labels"][j]).T.astype(np.int64)
+        bad = (labels < 0) | (labels > len(self.names))
+        if bad.any():
+            raise HarnessError(f"{self.path} frame {j + 1}: label {_shown(labels[bad])} at {int(bad.sum()):,} "
+                               f"pixel(s): the release's labels are 0 (unlabelled) or 1..{len(self.names)} (its names)")
+        return labels
 
     def walkable_ids(self) -> np.ndarray:
         ids = np.array([k + 1 for k, name in enumerate(self.names) if name in WALKABLE_NAMES], dtype=np.int64)
@@ -182,7 +204,7 @@ def read_depth_tiff(path: Path) -> np.ndarray:
             if img.mode != "F":
                 raise HarnessError(f"{path}: a mode {img.mode} TIFF; the export's depths are 32-bit float metres "
                                    f"(mode F)")
-            return np.asarray(img, dtype=np.float32)
+            return checked_depth(np.asarray(img, dtype=np.float32), str(path))
     except FileNotFoundError:
         raise HarnessError(f"{path}: file not found") from None
     except OSError as exc:
@@ -190,6 +212,9 @@ def read_depth_tiff(path: Path) -> np.ndarray:
 
 
 def read_walkable_png(path: Path) -> np.ndarray:
+    """An exported walkable mask: 1 where non-zero (as the reference read it), else 0. A mask holds two
+    values, 0 and the one marking walkable; a third (a grey level of a photo, an interpolated edge) was
+    not written as a mask and is refused, naming the file and the values."""
     try:
         with Image.open(path) as img:
             arr = np.asarray(img.convert("L") if img.mode in ("RGB", "RGBA", "P") else img)
@@ -197,6 +222,10 @@ def read_walkable_png(path: Path) -> np.ndarray:
         raise HarnessError(f"{path}: file not found") from None
     except OSError as exc:
         raise HarnessError(f"{path}: not a readable PNG ({exc})") from None
+    marks = np.unique(arr[arr != 0])
+    if len(marks) > 1:
+        raise HarnessError(f"{path}: values 0, {_shown(marks)}: a walkable mask holds 0 and one value for "
+                           f"walkable; is this the export's walkable/ mask, unchanged?")
     return (arr != 0).astype(np.int64)
 
 
@@ -214,6 +243,9 @@ class NyuExportSplit(PixelSplit):
 
     def decode_image(self, i: int) -> torch.Tensor:
         return load_image(self.items[i][0], None)
+
+    def sized_files(self, i: int) -> tuple[Path, Path]:
+        return self.items[i]
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.items[i][1]

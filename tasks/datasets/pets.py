@@ -46,6 +46,7 @@ from .base import (
     list_names,
     load_image,
     require,
+    size_mismatch,
     task_folder,
 )
 
@@ -198,12 +199,15 @@ class PetsSegSplit(TaskDataset):
     def native_target(self, i: int) -> tuple[np.ndarray, None]:
         return read_trimap(self.trimaps[i]), None
 
+    def sized_files(self, i: int) -> tuple[Path, Path]:
+        return self.images[i], self.trimaps[i]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = load_image(self.images[i], None)
         target = read_trimap(self.trimaps[i])
         if tuple(image.shape[-2:]) != target.shape:
-            raise HarnessError(f"{self.trimaps[i]}: trimap is {target.shape[1]} x {target.shape[0]} but its image "
-                               f"is {image.shape[2]} x {image.shape[1]}")
+            raise HarnessError(self.size_problem(i) or size_mismatch(
+                self.trimaps[i], (target.shape[1], target.shape[0]), self.images[i], (image.shape[2], image.shape[1])))
         sample = {"image": image, "target": torch.from_numpy(target)}
         return apply_transform(sample, self.transform, "class_map", sample_seed(self.req, i))
 

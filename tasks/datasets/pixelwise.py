@@ -76,8 +76,7 @@ class PixelSplit(TaskDataset):
         image = self.decode_image(i)
         target, valid = self.decode_target(i)
         if tuple(image.shape[-2:]) != tuple(target.shape[-2:]):
-            raise HarnessError(f"{self.where(i)}: image is {tuple(image.shape[-2:])} but its label is "
-                               f"{tuple(target.shape[-2:])} (H, W); the files do not belong together")
+            raise HarnessError(decoded_mismatch(self, i, tuple(image.shape[-2:]), tuple(target.shape[-2:])))
         return {"image": image, "target": target, "valid": valid}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -86,6 +85,15 @@ class PixelSplit(TaskDataset):
     def native_target(self, i: int) -> tuple[Any, np.ndarray | None]:
         target, valid = self.decode_target(i)
         return target.numpy(), valid.numpy()
+
+
+def decoded_mismatch(ds: TaskDataset, i: int, image_hw: tuple[int, ...], target_hw: tuple[int, ...]) -> str:
+    """The line for a sample whose decoded image and label differ in size: the one ``data check``
+    prints (read from the headers) where the sample has files, else the decoded shapes."""
+    problem = ds.size_problem(i) if ds.sized_files(i) else None
+    where = ds.where(i) if hasattr(ds, "where") else f"sample {i}"
+    return problem or (f"{where}: image is {image_hw[1]} x {image_hw[0]} (W x H) but its label is {target_hw[1]} x "
+                       f"{target_hw[0]}; the files do not belong together (or one was resized)")
 
 
 def class_map_sample(labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

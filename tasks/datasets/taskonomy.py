@@ -59,7 +59,9 @@ def building_split(name: str) -> str:
 
 
 def read_depth(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """((1, H, W) float32 metres, (H, W) valid) from a z-buffer PNG."""
+    """((1, H, W) float32 metres, (H, W) valid) from a z-buffer PNG. Every 16-bit value is a depth
+    (k / 512 m) or the no-depth mark 65535, so no value is refused; ``read_png16`` refuses a file
+    that is not one 16-bit channel."""
     raw = read_png16(path, channels=1)
     return depth_sample(raw.astype("float32") / DEPTH_UNITS_PER_METRE, raw != DEPTH_INVALID)
 
@@ -79,6 +81,9 @@ class TaskonomyDepthSplit(PixelSplit):
 
     def decode_image(self, i: int) -> torch.Tensor:
         return load_image(self.items[i][0], None)
+
+    def sized_files(self, i: int) -> tuple[Path, Path]:
+        return self.items[i]
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return read_depth(self.items[i][1])

@@ -49,6 +49,7 @@ from .base import (
     list_names,
     load_image,
     require,
+    size_mismatch,
     task_folder,
 )
 from .pets import sample_seed, transform_for
@@ -211,7 +212,8 @@ THOR_EGOMOTION = register_task(TaskSpec(
 # ------------------------------------------------------------------------------ thor_depth
 
 def read_depth(path: Path) -> np.ndarray:
-    """(H, W) float32 relative depth: the 8-bit grey level / 255."""
+    """(H, W) float32 relative depth: the 8-bit grey level / 255 (every level 0..255 is a depth, so no
+    value is refused)."""
     try:
         with Image.open(path) as img:
             grey = np.asarray(img.convert("L"), dtype=np.float32)
@@ -237,13 +239,16 @@ class ThorDepthSplit(TaskDataset):
     def native_target(self, i: int) -> tuple[np.ndarray, None]:
         return read_depth(self.pairs[i][1]), None
 
+    def sized_files(self, i: int) -> tuple[Path, Path]:
+        return self.pairs[i]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rgb, depth_path = self.pairs[i]
         image = load_image(rgb, None)
         depth = torch.from_numpy(read_depth(depth_path))
         if tuple(image.shape[-2:]) != tuple(depth.shape):
-            raise HarnessError(f"{depth_path}: depth is {depth.shape[1]} x {depth.shape[0]} but its frame is "
-                               f"{image.shape[2]} x {image.shape[1]}")
+            raise HarnessError(self.size_problem(i) or size_mismatch(
+                depth_path, (depth.shape[1], depth.shape[0]), rgb, (image.shape[2], image.shape[1])))
         sample = {"image": image, "target": depth[None], "valid": torch.ones(depth.shape, dtype=torch.bool)}
         return apply_transform(sample, self.transform, "depth", sample_seed(self.req, i))
 

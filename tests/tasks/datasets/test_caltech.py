@@ -4,7 +4,7 @@ with the built-in 30-per-class split and with the reference's JSON lists."""
 from tasks.datasets.caltech import CLASS_NAMES
 
 from .fixtures_a import write_caltech
-from .util import data_check, eval_record, harness
+from .util import assert_tiny_split_runs, data_check, eval_record, harness
 
 # 3 of the 102 folders (BACKGROUND_Google counted); 30 of each class are train.
 COUNTS = {"BACKGROUND_Google": 32, "Faces": 31, "yin_yang": 33}
@@ -70,3 +70,12 @@ def test_a_deleted_image_is_named(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "image_0017.jpg: missing" in lines[0]
+
+
+def test_tiny_split_one_listed_train_image_per_class_runs(tmp_path):
+    """Issue 39: the reference's lists with one train image per class left the stratified val empty."""
+    lists = {"train": ["Faces/image_0001.jpg", "yin_yang/image_0001.jpg", "Leopards/image_0001.jpg"],
+             "test": ["Faces/image_0002.jpg", "yin_yang/image_0002.jpg"]}
+    write_caltech(tmp_path, {"Faces": 2, "yin_yang": 2, "Leopards": 1}, lists)
+    rec = assert_tiny_split_runs("caltech_cls", tmp_path, tmp_path / "out", 3)
+    assert rec["n"]["val"] == 1 and rec["n"]["test"] == 2

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.datasets.cifar import CLASS_NAMES, read_pickle
 
-from .util import data_check, eval_record, harness
+from .util import assert_tiny_split_runs, data_check, eval_record, harness
 
 N = {"train": 60, "test": 20}
 
@@ -108,3 +108,11 @@ def test_a_broken_test_split_fails_before_any_encoding(tmp_path):
                    "--out", str(tmp_path / "out"), "--device", "cpu", env={"HARNESS_CACHE": str(cache)})
     assert proc.returncode == 1 and "test" in proc.stderr and "do not pair up" in proc.stderr
     assert not list((cache / "features").rglob("*.h5")) if (cache / "features").exists() else True
+
+
+def test_tiny_split_one_train_image_per_class_runs(tmp_path):
+    """Issue 39: five train images of five classes left the stratified val empty (IndexError)."""
+    labels = write_cifar(tmp_path, {"train": 5, "test": 4})
+    assert sorted(labels["train"]) == [0, 1, 2, 3, 4]
+    rec = assert_tiny_split_runs("cifar100_cls", tmp_path, tmp_path / "out", 5)
+    assert rec["n"]["val"] == 1 and rec["n"]["test"] == 4

@@ -5,13 +5,16 @@ import pytest
 import torch
 from torchvision.datasets import Cityscapes
 
+from harness.common.errors import HarnessError
+from tasks.datasets import cityscapes
 from tasks.datasets.base import DataMissing, resolve_data_root
-from tasks.datasets.cityscapes import CLASS_NAMES, LABEL_TO_TRAIN, label_to_train
+from tasks.datasets.check import check_task
+from tasks.datasets.cityscapes import CLASS_NAMES, LABEL_TO_TRAIN, label_to_train, read_label_ids
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_pix import write_grey8, write_rgb
-from .util import data_check, eval_record, harness
+from .util import data_check, eval_proc, eval_record, harness
 
 H, W = 40, 56
 CITIES = {"train": {"aachen": 2, "bremen": 2}, "val": {"lindau": 2}}
@@ -112,3 +115,50 @@ def test_missing_folder_names_it_and_the_layout_command(tmp_path):
     line = str(info.value)
     assert "\n" not in line
     assert str(tmp_path / "cityscapes" / "gtFine" / "train") in line and "harness data layout cityscapes_seg" in line
+
+
+def test_a_label_map_of_another_size_fails_check_from_headers_as_eval_refuses_it(tmp_path, monkeypatch):
+    """Issue 39: check said ok where eval refused. Now check compares each image with its label map, from
+    the files' headers (no image decoded), and prints the line eval fails with."""
+    folder = write_cityscapes(tmp_path)
+    lab = folder / "gtFine" / "train" / "bremen" / "bremen_000001_000019_gtFine_labelIds.png"
+    write_grey8(lab, np.full((H + 8, W), 7, np.uint8))
+    rc, doc, _ = data_check("cityscapes_seg", tmp_path)
+    assert rc == 1 and not doc["ok"]
+    (problem,) = [p for p in doc["problems"] if p.startswith(f"{lab}: ")]
+    assert f"{lab}: {W} x {H + 8} (W x H), but bremen_000001_000019_leftImg8bit.png" in problem
+    assert f"is {W} x {H};" in problem
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("data check decoded an image to learn its size")
+
+    monkeypatch.setattr(cityscapes, "load_image", no_decoding)
+    assert problem in check_task(get_task("cityscapes_seg"), tmp_path)["problems"]
+    monkeypatch.undo()
+    proc = eval_proc("cityscapes_seg", tmp_path, tmp_path / "out")
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert proc.returncode == 1 and lines == [f"error: task cityscapes_seg: {problem}"], proc.stderr[-3000:]
+
+
+def test_sample_checks_the_sizes_of_the_sampled_pairs_only(tmp_path):
+    folder = write_cityscapes(tmp_path, {"train": {"aachen": 6}, "val": {"lindau": 1}})
+    for j in range(6):  # every train label the wrong size: any sample of them finds as many problems
+        write_grey8(folder / "gtFine" / "train" / "aachen" / f"aachen_{j:06d}_000019_gtFine_labelIds.png",
+                    np.zeros((H, W + 4), np.uint8))
+    assert sum("(W x H)" in p for p in check_task(get_task("cityscapes_seg"), tmp_path)["problems"]) == 6
+    assert sum("(W x H)" in p for p in check_task(get_task("cityscapes_seg"), tmp_path, sample=2)["problems"]) == 2
+
+
+def test_a_label_id_the_release_never_writes_is_refused_naming_file_and_value(tmp_path):
+    """Issue 39: labelIds of 200 gave `ok` (ignored); the release's label images hold 0..33 only."""
+    folder = write_cityscapes(tmp_path)
+    lab = folder / "gtFine" / "train" / "aachen" / "aachen_000001_000019_gtFine_labelIds.png"
+    bad = label_ids()
+    bad[:2, :3], bad[5, 5] = 200, 34
+    write_grey8(lab, bad)
+    with pytest.raises(HarnessError, match=r"label id 34, 200 at 7 pixel\(s\): the release's labelIds are 0\.\.33"):
+        read_label_ids(lab)
+    assert read_label_ids(folder / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png").max() == 26
+    rc, doc, err = data_check("cityscapes_seg", tmp_path)
+    assert rc == 1 and [p for p in doc["problems"] if p.startswith(f"{lab}: label id 34, 200")], doc["problems"]
+    assert "(and" not in err and str(lab) in err  # one problem, named in the error line

@@ -12,7 +12,7 @@ from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_b import assert_listed, check_fails_naming, eval_fails_naming
-from .util import data_check, eval_record, write_image
+from .util import assert_split_too_small, assert_tiny_split_runs, data_check, eval_proc, eval_record, write_image
 
 N = {"train": 24, "val": 8}
 SIZE = 10
@@ -23,10 +23,10 @@ def count_of(split: str, i: int) -> int:
     return 3 + (i * 5 + (split == "val")) % 8
 
 
-def write_clevr(root: Path) -> dict[str, list[int]]:
+def write_clevr(root: Path, sizes: dict[str, int] = N) -> dict[str, list[int]]:
     folder = root / "CLEVR_v1.0"
     counts = {}
-    for split, n in N.items():
+    for split, n in sizes.items():
         scenes = []
         for i in range(n):
             name = f"CLEVR_{split}_{i:06d}.png"
@@ -100,3 +100,29 @@ def test_an_image_without_a_scene_is_a_problem(tmp_path):
     assert len(ds) == N["train"] - 1
     (problem,) = ds.problems
     assert "CLEVR_train_000007.png" in problem and "has no scene" in problem
+
+
+def test_tiny_split_one_image_per_count_runs(tmp_path):
+    """Issue 39: one training image per class left the stratified val empty (IndexError)."""
+    counts = write_clevr(tmp_path, {"train": 8, "val": 3})
+    assert sorted(counts["train"]) == list(range(3, 11))
+    rec = assert_tiny_split_runs("clevr_count", tmp_path, tmp_path / "out", 8)
+    assert rec["n"]["val"] == 1 and rec["n"]["test"] == 3
+
+
+def test_a_train_split_of_one_image_is_one_line_before_any_work(tmp_path):
+    write_clevr(tmp_path, {"train": 1, "val": 3})
+    assert_split_too_small("clevr_count", tmp_path, tmp_path / "out", "train", 1)
+
+
+def test_an_empty_test_split_is_one_line_before_training(tmp_path):
+    """An official split with no samples (here val, the test split) failed with an IndexError after training."""
+    write_clevr(tmp_path, {"train": 8, "val": 0})
+    (tmp_path / "CLEVR_v1.0" / "images" / "val").mkdir()  # the folder is there, with no image in it
+    rc, doc, _ = data_check("clevr_count", tmp_path)
+    assert rc == 1 and doc["problems"] == [f"val: no samples found under {tmp_path / 'CLEVR_v1.0'}"]
+    proc = eval_proc("clevr_count", tmp_path, tmp_path / "out", env={"HARNESS_QUIET": ""})
+    assert proc.returncode == 1 and "IndexError" not in proc.stderr and "train clevr_count" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert lines == ["error: task clevr_count: val: no samples; add samples (`harness data check --task clevr_count` "
+                     "lists what is there)"], proc.stderr[-3000:]

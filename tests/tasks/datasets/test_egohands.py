@@ -1,6 +1,8 @@
 """EgoHands from a fixture in the release's layout: frames and a MATLAB v5 polygons.mat per video,
 rasterised into known hand masks that are cached by the file's hash."""
 
+import re
+
 import numpy as np
 import pytest
 from scipy.io import savemat
@@ -155,3 +157,23 @@ def test_a_deleted_frame_or_polygons_file_is_a_problem_naming_it(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "polygons.mat" in lines[0]
+
+
+def test_a_frame_of_another_size_than_its_videos_masks_fails_check_and_a_nan_vertex_is_refused(tmp_path):
+    """A video's masks are drawn at its first frame's size: check compares every frame with it (headers
+    only), as eval would refuse the pair; a vertex the release never writes (NaN) names the file."""
+    samples = write_egohands(tmp_path)
+    odd = write_rgb(samples / "JENGA_OFFICE_B_S" / FRAMES[2], (H, W + 8), seed=50)
+    rc, doc, _ = data_check("egohands_seg", tmp_path)
+    assert rc == 1 and doc["problems"] == [
+        f"{odd}: {W + 8} x {H} (W x H), but {FRAMES[0]}, which it must match, is {W} x {H}; the files do not "
+        f"belong together (or one was resized)"]
+    task = get_task("egohands_seg")
+    ds = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
+    with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
+        ds.native([p[0] for p in ds.items].index(odd))
+    broken = frame_polygons()
+    broken[2]["myright"][1, 0] = np.nan
+    write_polygons(tmp_path / "p.mat", broken)
+    with pytest.raises(Exception, match=r"p\.mat: frame 3's myright polygon has a vertex coordinate nan"):
+        read_polygons(tmp_path / "p.mat")

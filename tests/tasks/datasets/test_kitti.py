@@ -1,5 +1,7 @@
 """KITTI flow 2015 from a fixture of true 16-bit PNGs carrying a known flow field."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_pix import write_grey8, write_png16, write_rgb
-from .util import data_check, eval_record, harness
+from .util import assert_split_too_small, assert_tiny_split_runs, data_check, eval_record, harness
 
 H, W = 24, 40
 N = 10  # ids 000000..000009: 9 train (first 90%), 1 test
@@ -112,3 +114,43 @@ def test_eval_at_native_size_with_pairs_of_two_sizes(tmp_path):
     proc = harness("eval", "--encoder", "resnet18", "--task", "kitti_flow", "--data-root", str(tmp_path),
                    "--out", str(tmp_path / "out"), "--epochs", "1", "--grid", "single", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tiny_split_of_three_pairs_runs(tmp_path):
+    """Pixelwise tiny split (issue 39): 3 pairs = 2 train (first 90% by id) + 1 test; val carved from train
+    leaves one pair on each side."""
+    write_kitti(tmp_path, n=3)
+    rec = assert_tiny_split_runs("kitti_flow", tmp_path, tmp_path / "out", 2)
+    assert (rec["n"]["train"], rec["n"]["val"], rec["n"]["test"]) == (1, 1, 1)
+
+
+def test_two_pairs_leave_one_train_pair_too_few_to_carve_val_from(tmp_path):
+    """2 pairs = 1 train + 1 test: the carve used to empty train (IndexError); now one line, beforehand too."""
+    write_kitti(tmp_path, n=2)
+    assert_split_too_small("kitti_flow", tmp_path, tmp_path / "out", "train", 1)
+
+
+def test_frames_of_one_pair_in_two_sizes_fail_check_as_they_fail_eval(tmp_path):
+    """Issue 39: pairs may differ from one another, but a pair's two frames and its flow map are one size;
+    check compares them from the headers and names the file eval would refuse."""
+    folder = write_kitti(tmp_path)
+    odd = write_rgb(folder / "training" / "image_2" / "000004_11.png", (H, W + 2), seed=99)
+    rc, doc, _ = data_check("kitti_flow", tmp_path)
+    assert rc == 1 and doc["problems"] == [
+        f"{odd}: {W + 2} x {H} (W x H), but 000004_10.png, which it must match, is {W} x {H}; the files do not "
+        f"belong together (or one was resized)"]
+    task = get_task("kitti_flow")
+    train = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
+    with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
+        train.native(4)
+
+
+def test_a_valid_flag_the_devkit_never_writes_is_refused_naming_file_and_value(tmp_path):
+    folder = write_kitti(tmp_path)
+    samples = flow_samples()
+    samples[3, 4, 2] = 7  # the devkit writes B = 1 (valid) or 0
+    bad = write_png16(folder / "training" / "flow_occ" / "000002_10.png", samples)
+    with pytest.raises(Exception, match=r"valid flag \(blue channel\) 7 at 1 pixel\(s\)"):
+        read_flow(bad)
+    rc, doc, _ = data_check("kitti_flow", tmp_path)
+    assert rc == 1 and len(doc["problems"]) == 1 and doc["problems"][0].startswith(f"{bad}: valid flag")

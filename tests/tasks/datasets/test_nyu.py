@@ -164,3 +164,34 @@ def test_a_file_that_is_not_v73_is_one_line(tmp_path):
     task = get_task("nyu_depth")
     with pytest.raises(Exception, match="not readable as a MATLAB v7.3"):
         task.dataset(task, DataRequest("train", tmp_path, None, None, train=True))
+
+
+def test_a_label_past_the_releases_names_is_refused_naming_frame_and_value(tmp_path):
+    """Every NYU label is 0 (unlabelled) or the index of one of the file's names; the walkable map would
+    silently call any other id 'not walkable'."""
+    labels = np.stack([known_labels()] * N)
+    frame = int(split_indices(N, "train")[1])  # a train frame: the second one listed
+    labels[frame, 0, :2] = len(NAMES) + 1
+    write_mat73(tmp_path / "nyu" / "nyu_depth_v2_labeled.mat", np.zeros((N, H, W, 3), np.uint8),
+                np.stack([known_depth()] * N), labels, NAMES)
+    rc, doc, _ = data_check("nyu_walkable", tmp_path)
+    assert rc == 1 and doc["problems"] == [
+        f"{tmp_path / 'nyu' / 'nyu_depth_v2_labeled.mat'} frame {frame + 1}: label {len(NAMES) + 1} at 2 pixel(s): "
+        f"the release's labels are 0 (unlabelled) or 1..{len(NAMES)} (its names)"]
+    assert data_check("nyu_depth", tmp_path)[0] == 0  # depth reads no labels
+
+
+def test_export_depths_and_masks_the_release_never_writes_are_refused(tmp_path):
+    folder = write_nyu_export(tmp_path)
+    depth = known_depth()
+    depth[0, 0], depth[1, 1] = np.nan, -1.0
+    bad_depth = folder / "train" / "depths" / "1.tiff"
+    Image.fromarray(depth, "F").save(bad_depth)
+    walk = np.zeros((H, W), np.uint8)
+    walk[0], walk[1] = 255, 128  # a mask holds 0 and one value
+    bad_mask = folder / "test" / "walkable" / "11.png"
+    Image.fromarray(walk, "L").save(bad_mask)
+    depth_doc = check_task(get_task("nyu_depth"), tmp_path)
+    assert depth_doc["problems"] == [f"{bad_depth}: depth -1, nan at 2 pixel(s): the release's depths are metres >= 0"]
+    walk_doc = check_task(get_task("nyu_walkable"), tmp_path)
+    assert len(walk_doc["problems"]) == 1 and walk_doc["problems"][0].startswith(f"{bad_mask}: values 0, 128, 255")

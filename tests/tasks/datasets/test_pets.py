@@ -13,7 +13,7 @@ from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_b import assert_listed, check_fails_naming, eval_fails_naming, write_grey
-from .util import data_check, eval_record, write_image
+from .util import assert_tiny_split_runs, data_check, eval_record, write_image
 
 SIZE = 12  # square fixture images, so --resolution 12 leaves the trimap unresized
 # (class id 1-based, species) of three breeds: the first cat, a dog, the last breed
@@ -34,11 +34,11 @@ def trimap(k: int) -> np.ndarray:
     return t
 
 
-def write_pets(root: Path) -> dict:
+def write_pets(root: Path, sizes: dict[str, dict[str, int]] = N) -> dict:
     folder = root / "oxford-iiit-pet"
     stems: dict[str, list[str]] = {}
     k = 0
-    for split, counts in N.items():
+    for split, counts in sizes.items():
         lines = [HEADER]
         for breed, n in counts.items():
             cls, species = PICK[breed]
@@ -161,3 +161,29 @@ def test_a_line_whose_breed_disagrees_with_its_class_id_is_a_problem(tmp_path):
     assert "test.txt:" in problem and "beagle_102 has class id 6 (Bengal)" in problem
     with pytest.raises(HarnessError, match="beagle_102"):
         task.dataset(task, DataRequest("test", tmp_path, 8, None, train=False))
+
+
+def test_pets_cls_tiny_split_one_image_per_breed_runs(tmp_path):
+    """Issue 39: one trainval image per breed left the stratified val empty (IndexError)."""
+    one = {breed: 1 for breed in PICK}
+    write_pets(tmp_path, {"trainval": one, "test": one})
+    rec = assert_tiny_split_runs("pets_cls", tmp_path, tmp_path / "out", 3)
+    assert rec["n"]["val"] == 1 and rec["n"]["test"] == 3
+
+
+def test_a_trimap_of_another_size_than_its_image_fails_check_as_it_fails_eval(tmp_path):
+    """Issue 39: check said ok where eval refused; a trimap of another size than its image (a file of
+    another release, or resized) is now a check problem, with the line eval fails with."""
+    stems = write_pets(tmp_path)
+    stem = stems["trainval"][2]
+    odd = write_grey(tmp_path / "oxford-iiit-pet" / "annotations" / "trimaps" / f"{stem}.png",
+                     np.ones((SIZE + 3, SIZE), np.uint8))
+    doc = check_fails_naming("pets_instance_seg", tmp_path, str(odd))
+    assert doc["problems"] == [f"{odd}: {SIZE} x {SIZE + 3} (W x H), but {stem}.jpg, which it must match, is "
+                               f"{SIZE} x {SIZE}; the files do not belong together (or one was resized)"]
+    assert data_check("pets_cls", tmp_path)[0] == 0  # classification reads no trimap
+    task = get_task("pets_instance_seg")
+    ds = task.dataset(task, DataRequest("trainval", tmp_path, None, None, train=False))
+    with pytest.raises(HarnessError) as exc:
+        ds[2]
+    assert str(exc.value) == doc["problems"][0]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tasks.datasets.check import check_task
 from tasks.datasets.taskonomy import building_split, read_depth
 from tasks.registry import get_task
 from tasks.spec import DataRequest
@@ -102,3 +103,13 @@ def test_a_deleted_depth_is_a_problem_naming_it(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and str(gone) in lines[0]
+
+
+def test_a_depth_of_another_size_than_its_view_is_a_check_problem(tmp_path):
+    folder = write_taskonomy(tmp_path)
+    b = buildings()["test"][0]
+    odd = write_png16(folder / b / "depth_zbuffer" / "point_2_view_0_domain_depth_zbuffer.png",
+                      np.full((H // 2, W), 768, np.uint16))
+    doc = check_task(get_task("taskonomy_depth"), tmp_path)
+    assert doc["problems"] == [f"{odd}: {W} x {H // 2} (W x H), but point_2_view_0_domain_rgb.png, which it must "
+                               f"match, is {W} x {H}; the files do not belong together (or one was resized)"]

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.datasets.check import check_task
 from tasks.datasets.thor import ACTIONS
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_b import assert_listed, check_fails_naming, eval_fails_naming, write_grey
-from .util import data_check, eval_record, write_image
+from .util import assert_tiny_split_runs, data_check, eval_record, write_image
 
 SIZE = 16
 STEPS_SCENES = {"train": {"FloorPlan1": 7, "FloorPlan22": 6}, "val": {"FloorPlan301": 6}}
@@ -37,10 +38,10 @@ def write_num_steps(root: Path) -> dict[str, list[int]]:
     return labels
 
 
-def write_egomotion(root: Path) -> dict[str, list[str]]:
+def write_egomotion(root: Path, ego: dict[str, int] = EGO) -> dict[str, list[str]]:
     folder = root / "thor_action_prediction"
     actions = {}
-    for split, n in EGO.items():
+    for split, n in ego.items():
         lines, acts = [], []
         for i in range(n):
             name = f"{split}_FloorPlan{i % 3 + 1}_{i}"
@@ -138,6 +139,20 @@ def test_egomotion_data_check_frames_and_eval(tmp_path):
     assert rec["n"]["train"] + rec["n"]["val"] == EGO["train"]
 
 
+def test_egomotion_tiny_split_one_pair_per_class_runs(tmp_path):
+    """Multi-frame tiny split (issue 39): 5 training pairs of 5 classes crashed with an IndexError, the
+    stratified carve leaving val empty. Val now takes one pair (whose class train then lacks, said in
+    the record)."""
+    actions = write_egomotion(tmp_path, {"train": 5, "val": 5})
+    assert sorted(actions["train"]) == sorted(ACTIONS)
+    rec = assert_tiny_split_runs("thor_egomotion", tmp_path, tmp_path / "out", 5)
+    assert (rec["n"]["train"], rec["n"]["val"], rec["n"]["test"]) == (4, 1, 5)
+    assert "every class has a single sample" in rec["val_split"]
+    warnings = check_task(get_task("thor_egomotion"), tmp_path)["warnings"]
+    assert "train: every class has a single sample, so the validation split carved from it holds classes that " \
+           "train lacks" in warnings
+
+
 def test_egomotion_a_deleted_second_frame_is_a_problem(tmp_path):
     write_egomotion(tmp_path)
     gone = tmp_path / "thor_action_prediction" / "train_FloorPlan1_3_rgb_b.jpg"
@@ -197,3 +212,12 @@ def test_depth_eval_and_a_deleted_depth_map(tmp_path):
     doc = check_fails_naming("thor_depth", tmp_path, str(gone))
     assert doc["splits"]["train"]["n"] == len(levels["train"]) - 1
     eval_fails_naming("thor_depth", tmp_path, tmp_path / "out2", str(gone))
+
+
+def test_depth_of_another_size_than_its_frame_is_a_check_problem(tmp_path):
+    write_depth(tmp_path)
+    odd = write_grey(tmp_path / "thor_depth_prediction" / "test" / "FloorPlan9" / "1_depth.jpg",
+                     np.zeros((SIZE, SIZE * 2), np.uint8))
+    doc = check_task(get_task("thor_depth"), tmp_path)
+    assert doc["problems"] == [f"{odd}: {2 * SIZE} x {SIZE} (W x H), but 1_rgb.jpg, which it must match, is {SIZE} x "
+                               f"{SIZE}; the files do not belong together (or one was resized)"]

@@ -46,3 +46,37 @@ def eval_record(task: str, data_root: Path, out: Path, *extra: str, cache: Path 
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     return doc[0] if isinstance(doc, list) else doc
+
+
+def eval_proc(task: str, data_root: Path, out: Path, *extra: str,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """`harness eval` as a user runs it (tiny settings, see ``eval_record``), the process handed back."""
+    return harness("eval", "--encoder", "resnet18", "--task", task, "--data-root", str(data_root), "--out", str(out),
+                   "--resolution", "32", "--epochs", "1", "--grid", "single", "--device", "cpu", *extra, env=env)
+
+
+def assert_tiny_split_runs(task: str, data_root: Path, out: Path, n_train: int) -> dict:
+    """A tiny split (issue 39: a handful of samples, one per class) passes ``data check`` and evaluates:
+    the carved val and what is left of train are both non-empty and together the whole train split."""
+    rc, doc, err = data_check(task, data_root)
+    assert rc == 0 and doc["ok"], (err[-2000:], doc.get("problems"))
+    rec = eval_record(task, data_root, out)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["n"]["train"] >= 1 and rec["n"]["val"] >= 1 and rec["n"]["train"] + rec["n"]["val"] == n_train
+    return rec
+
+
+def assert_split_too_small(task: str, data_root: Path, out: Path, split: str, n: int) -> str:
+    """A train split too small to carve val from: ``data check`` says so beforehand and ``eval`` exits 1 with
+    ONE line naming the task, the split and the count (the same problem), no traceback, no IndexError."""
+    from tasks.splits import carve_problem
+
+    problem = carve_problem(split, n)
+    rc, doc, err = data_check(task, data_root)
+    assert rc == 1 and not doc["ok"] and problem in doc["problems"], (err[-2000:], doc.get("problems"))
+    proc = eval_proc(task, data_root, out)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and f"task {task}: {problem}" in lines[0], proc.stderr[-3000:]
+    return lines[0]
