@@ -38,8 +38,8 @@ def measure(name: str, limit: int, resolution: int, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     enc = create_encoder(name)
     cost = enc.cost(resolution) if hasattr(enc, "cost") else {}
-    row = {"encoder": name, "build_s": round(time.perf_counter() - t0, 2), **{f"encoder_{k}": v for k, v in cost.items()},
-           "tasks": {}}
+    row = {"encoder": name, "build_s": round(time.perf_counter() - t0, 2),
+           **{f"encoder_{k}": v for k, v in cost.items()}, "tasks": {}}
     for task in TASKS:
         opts = EvalOptions(encoder=name, tasks=resolve_tasks([task]), out=out_dir / name.replace(":", "_"),
                            limit=limit, epochs=1, grid="single", resolution=resolution, device="cpu",
@@ -68,10 +68,10 @@ def main() -> None:
         for name in args.encoder or DEFAULT_ENCODERS:
             row = measure(name, args.limit, args.resolution, Path(tmp))
             rows.append(row)
-            cells = "  ".join(f"{t.split('_', 1)[1]} {r['status'][:4]} {r['head_params'] or 0:>10,} {r['seconds']:5.1f}s"
-                              for t, r in row["tasks"].items())
-            print(f"{name:34s} {row.get('encoder_params', 0):>11,} p {row.get('encoder_flops', 0) / 1e6:8.1f} MFLOPs  "
-                  f"{cells}", flush=True)
+            cells = "  ".join(f"{t.split('_', 1)[1]} {r['status'][:4]} {r['head_params'] or 0:>10,} "
+                              f"{r['seconds']:5.1f}s" for t, r in row["tasks"].items())
+            params, flops = row.get("encoder_params", 0), row.get("encoder_flops", 0)
+            print(f"{name:34s} {params:>11,} p {flops / 1e6:8.1f} MFLOPs  {cells}", flush=True)
     doc = {"limit": args.limit, "resolution": args.resolution, "epochs": 1, "grid": "single", "device": "cpu",
            "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
