@@ -150,6 +150,9 @@ class TaskSpec:
     layout: DataLayout | None = None  # real datasets: folder, tree, URL, expected counts
     extra_tests: tuple[str, ...] = ()  # tasks whose test split this task's head is also evaluated on
     head_from: str | None = None  # a test-only task: the task whose head (trained, selected) it evaluates
+    # label granularity (Cole et al.): the task whose classes this task's classes group, on the same images; the
+    # report pairs the two per encoder
+    coarse_of: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -172,4 +175,4 @@ class TaskSpec:
                 "metric": self.metric, "epochs": self.epochs, "frames": self.frames,
                 "loss": self.loss, "num_outputs": self.num_outputs, "suite": self.suite,
                 "category": self.category, "chance": self.chance, "chance_kind": self.chance_kind,
-                "paper_name": self.paper_name}
+                "paper_name": self.paper_name, "coarse_of": self.coarse_of}

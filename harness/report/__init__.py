@@ -26,6 +26,7 @@ from ..common.errors import UsageError
 from .base import GROUP_FIELDS, Analysis, AnalysisResult, ReportOptions, Skip
 from .baseline import baseline_gain, normalised_distribution
 from .correlations import imagenet_correlation, task_correlation
+from .granularity import granularity, plot_granularity
 from .groups import anova, group_difference
 from .load import _inside, encoder_metadata, encoder_table, load_results, other_table, task_categories
 from .plots import (
@@ -63,6 +64,9 @@ ANALYSES: tuple[Analysis, ...] = (
              "the baseline encoder and encoders differing in method, balance, size or epochs", anova, plot_anova),
     Analysis("ranks", "Encoders x tasks with rank per task and mean rank", "any results", rank_table, plot_ranks,
              markdown=_rank_markdown),
+    Analysis("granularity", "Fine vs coarse labels per encoder, relative to each task's chance (label granularity)",
+             "an encoder scored on a fine task and on its coarse twin (e.g. synth_shape_cls and "
+             "synth_shape_coarse_cls, cifar100_cls and cifar100_coarse_cls)", granularity, plot_granularity),
     Analysis("tap_curve", "Score per tap, shallow to deep (linear probes on pooled taps)",
              "an encoder x task probed at >= 2 taps (harness eval --tap all)", tap_curve, plot_tap_curve,
              reads="variants"),

@@ -8,12 +8,22 @@ names; the files are read here with an unpickler that admits only the numpy and 
 a CIFAR pickle is made of. The paper trains on all 50,000 train images; the harness carves a
 stratified, seeded 10% validation split from them (no official one) and tests on the official
 10,000.
+
+The same files hold a second label per image: ``coarse_labels``, one of the 20 superclasses
+named by ``coarse_label_names`` in ``meta``, each grouping five fine classes. They make
+``cifar100_coarse_cls``, the coarse twin of ``cifar100_cls`` for the label-granularity view
+(Cole et al.: the same images, fewer and broader classes). A superclass is only a grouping if
+every fine class sits under one superclass in every file, so the coarse task's loader checks
+that across ``train`` and ``test`` and against the release's table (``SUPERCLASSES``), and names
+each fine class that breaks it.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +40,9 @@ FOLDER = "cifar-100-python"
 LAYOUT = DataLayout(
     folder=FOLDER,
     tree="""cifar-100-python/
-  train        (pickle: data uint8 50000 x 3072, fine_labels)
-  test         (pickle: data uint8 10000 x 3072, fine_labels)
-  meta         (pickle: fine_label_names, 100 names)""",
+  train        (pickle: data uint8 50000 x 3072, fine_labels, coarse_labels)
+  test         (pickle: data uint8 10000 x 3072, fine_labels, coarse_labels)
+  meta         (pickle: fine_label_names, 100 names; coarse_label_names, 20 names)""",
     url="https://www.cs.toronto.edu/~kriz/cifar.html (CIFAR-100 python version, cifar-100-python.tar.gz)",
     counts={"train": 50_000, "test": 10_000},
 )
@@ -50,6 +60,35 @@ CLASS_NAMES: tuple[str, ...] = (
     "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
     "willow_tree", "wolf", "woman", "worm",
 )
+
+# The release's 20 superclasses (meta's coarse_label_names, index = coarse label), each with its five fine
+# classes, as the dataset's page lists them (release spellings).
+SUPERCLASSES: dict[str, tuple[str, ...]] = {
+    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
+    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
+    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
+    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
+    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
+    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
+    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
+    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
+    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
+    "people": ("baby", "boy", "girl", "man", "woman"),
+    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
+    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+COARSE_NAMES: tuple[str, ...] = tuple(SUPERCLASSES)
+_COARSE_BY_NAME = {fine: c for c, members in enumerate(SUPERCLASSES.values()) for fine in members}
+# fine label -> the release's coarse label
+FINE_TO_COARSE: tuple[int, ...] = tuple(_COARSE_BY_NAME[name] for name in CLASS_NAMES)
 
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytearray")}
@@ -73,12 +112,20 @@ def read_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def class_names(root: Path, task_name: str = "cifar100_cls") -> tuple[str, ...]:
+def class_names(root: Path, task_name: str = "cifar100_cls", field: str = "fine_label_names") -> tuple[str, ...]:
+    """One class list of ``meta``: ``fine_label_names`` (100) or ``coarse_label_names`` (20)."""
     meta = read_pickle(require(root / "meta", task_name, "the class list"))
-    names = meta.get("fine_label_names")
+    names = meta.get(field)
     if not names:
-        raise HarnessError(f"{root / 'meta'}: no fine_label_names")
+        raise HarnessError(f"{root / 'meta'}: no {field}")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def _check_names(root: Path, task_name: str, field: str, expected: tuple[str, ...], what: str) -> None:
+    names = class_names(root, task_name, field)
+    if names != expected:
+        raise HarnessError(f"{root / 'meta'}: {field} are not the CIFAR-100 release's {len(expected)} {what} in order "
+                           f"(read {len(names)}: {', '.join(names[:3])}, ...); is this CIFAR-100?")
 
 
 class CIFAR100Split(TaskDataset):
@@ -101,30 +148,128 @@ class CIFAR100Split(TaskDataset):
         return self.labels
 
 
-def build(task: TaskSpec, req: DataRequest) -> CIFAR100Split:
-    root = task_folder(task, req)
-    names = class_names(root, task.name)
-    if names != task.class_names:
-        raise HarnessError(f"{root / 'meta'}: fine_label_names are not the CIFAR-100 release's 100 names in order "
-                           f"(read {len(names)}: {', '.join(names[:3])}, ...); is this CIFAR-100?")
-    problems = Problems(task.name, req.strict)
-    batch = read_pickle(require(root / req.split, task.name, f"the {req.split} pickle"))
-    data = np.asarray(batch.get("data", np.zeros((0, 3072), np.uint8)), dtype=np.uint8)
-    labels = np.asarray(batch.get("fine_labels", []), dtype=np.int64)
+LABEL_FIELDS = {"fine_labels": len(CLASS_NAMES), "coarse_labels": len(COARSE_NAMES)}  # field -> classes
+
+
+def _read_split(root: Path, task: TaskSpec, req: DataRequest, problems: Problems, fields: tuple[str, ...]
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(data (N, 3072) uint8, {label field: labels}) of one split's pickle, each label list paired with the
+    images and inside its class range; a problem names the file."""
     path = root / req.split
+    batch = read_pickle(require(path, task.name, f"the {req.split} pickle"))
+    data = np.asarray(batch.get("data", np.zeros((0, 3072), np.uint8)), dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
         problems.add(path, f"data has shape {data.shape}, expected (N, 3072)")
         data = np.zeros((0, 3072), np.uint8)
-    if len(labels) != len(data):
-        problems.add(path, f"{len(data)} images but {len(labels)} fine_labels: images and labels do not pair up")
-    bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
-    if len(bad):
-        problems.add(path, f"label {labels[bad[0]]} at index {bad[0]} is outside 0..{len(names) - 1}")
+    labels = {}
+    for field in fields:
+        k = LABEL_FIELDS[field]
+        y = np.asarray(batch.get(field, []), dtype=np.int64)
+        if len(y) != len(data):
+            problems.add(path, f"{len(data)} images but {len(y)} {field}: images and labels do not pair up")
+        bad = np.flatnonzero((y < 0) | (y >= k))
+        if len(bad):
+            problems.add(path, f"{field} {y[bad[0]]} at index {bad[0]} is outside 0..{k - 1}")
+        labels[field] = y
+    return data, labels
+
+
+def _split(task: TaskSpec, req: DataRequest, data: np.ndarray, labels: np.ndarray, problems: Problems
+           ) -> CIFAR100Split:
     problems.raise_if_any()
     n = min(len(data), len(labels))
     keep = apply_limit(list(range(n)), req)
     images = data[keep].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return CIFAR100Split(np.ascontiguousarray(images), labels[keep], image_size(task, req), problems)
+
+
+def build(task: TaskSpec, req: DataRequest) -> CIFAR100Split:
+    root = task_folder(task, req)
+    _check_names(root, task.name, "fine_label_names", task.class_names, "fine class names")
+    problems = Problems(task.name, req.strict)
+    data, labels = _read_split(root, task, req, problems, ("fine_labels",))
+    return _split(task, req, data, labels["fine_labels"], problems)
+
+
+# ---------------------------------------------------------------------------- the 20 superclasses
+
+RELEASE_FILES = ("train", "test")  # the files whose fine -> superclass pairs must agree
+# (path, size, mtime) -> (fine, coarse): eval builds train and test, and each compares its labels with the
+# other file's; each file is read once per version of it
+_LABELS: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _remember(path: Path, fine: np.ndarray, coarse: np.ndarray) -> None:
+    _LABELS[_stamp(path)] = (fine, coarse)
+    while len(_LABELS) > 2 * len(RELEASE_FILES):
+        _LABELS.pop(next(iter(_LABELS)))
+
+
+def _file_labels(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(fine, coarse) labels of one release file; None where it cannot be read (its own split says why)."""
+    try:
+        stamp = _stamp(path)
+        if stamp not in _LABELS:
+            batch = read_pickle(path)
+            _remember(path, np.asarray(batch.get("fine_labels", []), dtype=np.int64),
+                      np.asarray(batch.get("coarse_labels", []), dtype=np.int64))
+        return _LABELS[stamp]
+    except (OSError, HarnessError):
+        return None
+
+
+def superclass_problems(labels: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """What breaks the fine -> superclass grouping across files (``{file: (fine, coarse)}``), one line per
+    fine class: seen under two or more superclasses (with the samples under each, per file), or under one
+    superclass that is not the release's. Pairs outside the class ranges are left to the range check."""
+    nf, nc = len(CLASS_NAMES), len(COARSE_NAMES)
+    counts = np.zeros((len(labels), nf, nc), np.int64)
+    for i, (fine, coarse) in enumerate(labels.values()):
+        n = min(len(fine), len(coarse))
+        f, c = fine[:n], coarse[:n]
+        ok = (f >= 0) & (f < nf) & (c >= 0) & (c < nc)
+        counts[i] = np.bincount(f[ok] * nc + c[ok], minlength=nf * nc).reshape(nf, nc)
+    files = list(labels)
+    total = counts.sum(axis=0)
+    out = []
+    for f in range(nf):
+        under = np.flatnonzero(total[f])
+        release = COARSE_NAMES[FINE_TO_COARSE[f]]
+        if len(under) > 1:
+            seen = "; ".join(f"{COARSE_NAMES[c]!r} (" + ", ".join(f"{files[i]} {counts[i, f, c]}" for i in
+                                                                   range(len(files)) if counts[i, f, c]) + ")"
+                             for c in under)
+            out.append(f"fine class {CLASS_NAMES[f]!r} ({f}) is under {len(under)} superclasses: {seen}; a fine "
+                       f"class belongs to one superclass (the release's: {release!r})")
+        elif len(under) == 1 and under[0] != FINE_TO_COARSE[f]:
+            out.append(f"fine class {CLASS_NAMES[f]!r} ({f}) is under superclass {COARSE_NAMES[under[0]]!r} in "
+                       f"{total[f, under[0]]} images, but the release puts it under {release!r}")
+    return out
+
+
+def build_coarse(task: TaskSpec, req: DataRequest) -> CIFAR100Split:
+    """The requested split with its superclass labels, after checking that the release's files group the
+    fine classes into superclasses (the same problems are found whichever split is built)."""
+    root = task_folder(task, req)
+    _check_names(root, task.name, "fine_label_names", CLASS_NAMES, "fine class names")
+    _check_names(root, task.name, "coarse_label_names", task.class_names, "superclass names")
+    problems = Problems(task.name, req.strict)
+    data, labels = _read_split(root, task, req, problems, ("fine_labels", "coarse_labels"))
+    own = (labels["fine_labels"], labels["coarse_labels"])
+    _remember(root / req.split, *own)
+    pairs = {}
+    for name in dict.fromkeys([*RELEASE_FILES, req.split]):
+        found = own if name == req.split else _file_labels(root / name)
+        if found is not None:
+            pairs[name] = found
+    for line in superclass_problems(pairs):
+        problems.add(root, line)
+    return _split(task, req, data, labels["coarse_labels"], problems)
 
 
 CIFAR100_CLS = register_task(TaskSpec(
@@ -135,5 +280,14 @@ CIFAR100_CLS = register_task(TaskSpec(
     train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
     eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
     default_resolution=IMAGE_SIZE, layout=LAYOUT,
+    chance=0.01, chance_kind="majority class (the release's test split has 100 images of each class)",
     description="100 fine classes; 32 x 32 images upsampled to 224 x 224 (bilinear, as the paper did)",
+))
+CIFAR100_COARSE_CLS = register_task(replace(
+    CIFAR100_CLS, name="cifar100_coarse_cls", paper_name="CIFAR-100 superclasses (label granularity)",
+    dataset=build_coarse, num_outputs=len(COARSE_NAMES), class_names=COARSE_NAMES, suite="granularity",
+    coarse_of="cifar100_cls", chance=0.05,
+    chance_kind="majority class (the release's test split has 500 images of each superclass)",
+    description="the release's 20 superclasses (coarse_labels) of the same images, the same head and budget as "
+                "cifar100_cls: its coarse twin in the label-granularity view",
 ))

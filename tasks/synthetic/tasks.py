@@ -41,15 +41,18 @@ class SyntheticDataset(TaskDataset):
     def __init__(self, kind: str, image_field: str, target_field: str, split: str, n: int, size: int,
                  target_offset: int = 0, valid_field: str | None = None, seed: int = DEFAULT_SEED,
                  valid_positive: bool = False, transform: TransformSpec | None = None, target: TargetKind = "label",
-                 aug: tuple[int, int] | None = None):
+                 aug: tuple[int, int] | None = None, target_map: tuple[int, ...] | None = None):
         """``transform``: the task's train or eval transform; ``aug`` = (run seed, augmented copy)
-        turns its random part on (train splits), None leaves it off."""
+        turns its random part on (train splits), None leaves it off. ``target_map``: stored label ->
+        this task's class (a coarse task groups the stored classes)."""
         fields = (image_field, target_field) + ((valid_field,) if valid_field else ())
         arrays = load_split(kind, split, n, size, seed, fields=fields)
         self.images = arrays[image_field]  # (N, [S,] H, W, 3) uint8
         self.targets = arrays[target_field]
         if target_offset:
             self.targets = self.targets - target_offset
+        if target_map is not None:
+            self.targets = np.asarray(target_map, dtype=np.int64)[self.targets]
         self.valid = arrays[valid_field] if valid_field else None
         if valid_positive:  # e.g. depth: a pixel without a positive depth has no ground truth
             self.valid = self.targets > 0 if self.valid is None else (self.valid > 0) & (self.targets > 0)
@@ -91,8 +94,9 @@ class SyntheticDataset(TaskDataset):
 
 def synthetic_builder(kind: str, image_field: str, target_field: str, target_offset: int = 0,
                       valid_field: str | None = None, valid_positive: bool = False,
-                      sizes: dict[str, int] | None = None):
-    """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU)."""
+                      sizes: dict[str, int] | None = None, target_map: tuple[int, ...] | None = None):
+    """``sizes`` overrides DEFAULT_SIZES per split (pixelwise heads cost far more per sample on a CPU);
+    ``target_map`` maps the stored labels to coarser classes (the same renders, read the same way)."""
 
     def split_sizes() -> dict[str, int]:  # read when called: the suite's sizes are module settings
         return {**DEFAULT_SIZES[kind], **(sizes or {})}
@@ -105,7 +109,8 @@ def synthetic_builder(kind: str, image_field: str, target_field: str, target_off
         spec = task.train_transform if req.train else task.eval_transform
         aug = (req.seed, req.aug_copy) if req.train and spec.random else None
         return SyntheticDataset(kind, image_field, target_field, req.split, n, size, target_offset, valid_field,
-                                valid_positive=valid_positive, transform=spec, target=target_kind(task), aug=aug)
+                                valid_positive=valid_positive, transform=spec, target=target_kind(task), aug=aug,
+                                target_map=target_map)
 
     build.split_sizes = split_sizes  # the task record declares them (TaskSpec.split_sizes)
     return build
@@ -127,6 +132,24 @@ SYNTH_SHAPE_CLS = _synthetic(
     head="linear", loss="ce", metric="top1", num_outputs=len(SHAPE_NAMES), class_names=SHAPE_NAMES,
     dataset=synthetic_builder("single", "image", "shape_cls"), epochs=30, chance=0.258, chance_kind="majority class",
     description="shape class of the largest visible object",
+)
+# Label granularity (Cole et al.): the shapes of synth_shape_cls grouped by one geometric rule, read from the
+# same renders. Extruded solids keep one horizontal cross-section at every height (vertical sides and a flat
+# top: a rectangle seen from the side); tapered ones shrink toward the top, to the cone's apex or the sphere's
+# pole (a triangle or a disc from the side). Two balanced classes of two shapes each.
+SHAPE_FAMILIES: dict[str, tuple[str, ...]] = {"extruded": ("box", "cylinder"), "tapered": ("sphere", "cone")}
+SHAPE_FAMILY_NAMES: tuple[str, ...] = tuple(SHAPE_FAMILIES)
+# stored shape_cls -> family index
+SHAPE_TO_FAMILY: tuple[int, ...] = tuple(
+    next(i for i, members in enumerate(SHAPE_FAMILIES.values()) if shape in members) for shape in SHAPE_NAMES)
+CHANCE_SHAPE_FAMILY = 0.522  # benchmarks/synthetic_trivial.py, as the others
+SYNTH_SHAPE_COARSE_CLS = _synthetic(
+    name="synth_shape_coarse_cls", paper_name="label-granularity twin of synth_shape_cls", output="image",
+    nature="semantic", head="linear", loss="ce", metric="top1", num_outputs=len(SHAPE_FAMILY_NAMES),
+    class_names=SHAPE_FAMILY_NAMES,
+    dataset=synthetic_builder("single", "image", "shape_cls", target_map=SHAPE_TO_FAMILY), epochs=30,
+    chance=CHANCE_SHAPE_FAMILY, chance_kind="majority class", suite="granularity", coarse_of="synth_shape_cls",
+    description="shape family of the largest visible object: extruded (box, cylinder) or tapered (sphere, cone)",
 )
 SYNTH_COUNT = _synthetic(
     name="synth_count", paper_name="CLEVR Count analogue", output="image", nature="structural",

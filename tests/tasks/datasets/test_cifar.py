@@ -1,4 +1,5 @@
-"""CIFAR-100 from a fixture in the release's exact format (python pickles, latin1 keys)."""
+"""CIFAR-100 from a fixture in the release's exact format (python pickles, latin1 keys), fine classes and the
+20 superclasses (``cifar100_coarse_cls``) read from the same files."""
 
 import json
 import pickle
@@ -6,14 +7,23 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.datasets.cifar import CLASS_NAMES, read_pickle
+from tasks.datasets.cifar import (
+    CLASS_NAMES,
+    COARSE_NAMES,
+    FINE_TO_COARSE,
+    SUPERCLASSES,
+    read_pickle,
+    superclass_problems,
+)
 
 from .util import assert_tiny_split_runs, data_check, eval_record, harness
 
 N = {"train": 60, "test": 20}
 
 
-def write_cifar(root, n=N, drop_label=None):
+def write_cifar(root, n=N, drop_label=None, coarse=None):
+    """The release's three pickles; each image's coarse label is its fine class's superclass (the release's
+    grouping) except where ``coarse`` = {(split, index): coarse label} says otherwise."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -27,12 +37,27 @@ def write_cifar(root, n=N, drop_label=None):
         if drop_label == split:
             y = y[:-1]
         labels[split] = y
+        yc = [(coarse or {}).get((split, i), RELEASE_COARSE_OF_FINE[f]) for i, f in enumerate(y)]
         with open(folder / split, "wb") as fh:
             pickle.dump({"filenames": [f"img_{i}.png" for i in range(k)], "data": data, "fine_labels": y,
-                         "coarse_labels": [0] * len(y), "batch_label": f"{split} batch"}, fh, protocol=2)
+                         "coarse_labels": yc, "batch_label": f"{split} batch"}, fh, protocol=2)
     with open(folder / "meta", "wb") as fh:
-        pickle.dump({"fine_label_names": list(CLASS_NAMES), "coarse_label_names": [f"c{i}" for i in range(20)]}, fh)
+        pickle.dump({"fine_label_names": list(CLASS_NAMES), "coarse_label_names": RELEASE_COARSE_NAMES}, fh)
     return labels
+
+
+# The release as its files hold it: meta's coarse_label_names, and the coarse label that the train and test pickles
+# pair with each fine label 0..99 (an index array, independent of the loader's table of names).
+RELEASE_COARSE_NAMES = [
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
+    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2"]
+RELEASE_COARSE_OF_FINE = [
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10,
+    12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17, 10, 3, 2, 12, 12, 16,
+    12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14,
+    13]
 
 
 def test_data_check_counts_and_histogram(tmp_path):
@@ -116,3 +141,69 @@ def test_tiny_split_one_train_image_per_class_runs(tmp_path):
     assert sorted(labels["train"]) == [0, 1, 2, 3, 4]
     rec = assert_tiny_split_runs("cifar100_cls", tmp_path, tmp_path / "out", 5)
     assert rec["n"]["val"] == 1 and rec["n"]["test"] == 4
+
+
+# ------------------------------------------------------------------ cifar100_coarse_cls: the 20 superclasses
+
+def test_superclass_table_is_the_release_grouping():
+    """The loader's table of names gives, for each fine label, the coarse label the release's files pair with it;
+    20 superclasses of five fine classes each, every fine class in exactly one."""
+    assert list(COARSE_NAMES) == RELEASE_COARSE_NAMES
+    assert list(FINE_TO_COARSE) == RELEASE_COARSE_OF_FINE
+    members = [f for group in SUPERCLASSES.values() for f in group]
+    assert sorted(members) == sorted(CLASS_NAMES) and all(len(g) == 5 for g in SUPERCLASSES.values())
+
+
+def test_coarse_data_check_counts_superclasses(tmp_path):
+    labels = write_cifar(tmp_path)
+    rc, doc, err = data_check("cifar100_coarse_cls", tmp_path)
+    assert rc == 0, err
+    assert doc["ok"] and doc["problems"] == [] and doc["root"] == str(tmp_path / "cifar-100-python")
+    for split in ("train", "test"):
+        entry = doc["splits"][split]
+        assert entry["n"] == N[split] and entry["labels"]["classes"] == 20
+        coarse = [RELEASE_COARSE_OF_FINE[f] for f in labels[split]]
+        assert entry["labels"]["histogram"] == {name: coarse.count(c) for c, name in enumerate(RELEASE_COARSE_NAMES)}
+
+
+def test_a_fine_class_under_two_superclasses_is_one_line_naming_both(tmp_path):
+    """One test image of 'bear' (fine 3, large_carnivores) labelled 'fish' (coarse 1): data check lists that fine
+    class once, with the images under each superclass per file, though train alone is consistent; eval refuses
+    the task in one line; the fine task, which reads no superclass, still runs on the same files."""
+    labels = write_cifar(tmp_path, coarse={("test", 3): 1})
+    assert labels["test"][3] == 3
+    rc, doc, err = data_check("cifar100_coarse_cls", tmp_path)
+    assert rc == 1 and not doc["ok"], err
+    root = tmp_path / "cifar-100-python"
+    n_bear = {split: labels[split].count(3) for split in ("train", "test")}
+    assert doc["problems"] == [
+        f"{root}: fine class 'bear' (3) is under 2 superclasses: 'fish' (test 1); 'large_carnivores' (train "
+        f"{n_bear['train']}, test {n_bear['test'] - 1}); a fine class belongs to one superclass (the release's: "
+        f"'large_carnivores')"]
+    proc = harness("eval", "--encoder", "resnet18", "--task", "cifar100_coarse_cls", "--data-root", str(tmp_path),
+                   "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "fine class 'bear' (3) is under 2 superclasses" in lines[0], proc.stderr[-2000:]
+    assert data_check("cifar100_cls", tmp_path)[0] == 0
+
+
+def test_superclass_problems_one_line_per_broken_fine_class():
+    """Hand-made label arrays: a class split between superclasses across two files, a class moved wholesale to
+    another superclass, and intact classes (no line); out-of-range pairs are the range check's business."""
+    fine = {"train": np.array([0, 0, 1, 2, 2, 150]), "test": np.array([0, 1, 2, 2])}
+    coarse = {"train": np.array([4, 4, 1, 0, 0, 3]), "test": np.array([3, 1, 0, 0])}
+    lines = superclass_problems({k: (fine[k], coarse[k]) for k in fine})
+    assert lines == [
+        "fine class 'apple' (0) is under 2 superclasses: 'food_containers' (test 1); 'fruit_and_vegetables' "
+        "(train 2); a fine class belongs to one superclass (the release's: 'fruit_and_vegetables')",
+        "fine class 'baby' (2) is under superclass 'aquatic_mammals' in 4 images, but the release puts it under "
+        "'people'"]
+
+
+def test_coarse_eval_end_to_end(tmp_path):
+    write_cifar(tmp_path)
+    rec = eval_record("cifar100_coarse_cls", tmp_path, tmp_path / "out")
+    assert rec["task"] == "cifar100_coarse_cls" and rec["status"] == "ok" and rec["metric"] == "top1"
+    assert rec["n"]["test"] == N["test"] and rec["n"]["train"] + rec["n"]["val"] == N["train"]
+    assert rec["chance"] == 0.05 and 0.0 <= rec["test"] <= 1.0
