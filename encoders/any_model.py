@@ -219,6 +219,7 @@ class TorchvisionViTTaps(TapModel):
 
     def __init__(self, net: torchvision.models.VisionTransformer):
         super().__init__()
+        net.heads = nn.Identity()  # the classifier is not part of the encoder
         self.net = net
         self.patch = int(net.patch_size)
         self.depth = len(net.encoder.layers)

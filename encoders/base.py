@@ -30,7 +30,7 @@ class TapModel(nn.Module):
 FLOPS_COUNTING = "multiply-adds (one per multiply-accumulate: torchvision's and the papers' GFLOPs)"
 
 
-def model_cost(model: TapModel, resolution: int) -> dict[str, int]:
+def model_cost(model: TapModel, resolution: int | tuple[int, int]) -> dict[str, Any]:
     """Parameters and FLOPs per image of ``model`` computing every tap it declares (derived taps left out)
     at ``resolution`` x ``resolution``. FLOPs are multiply-adds (``FlopCounterMode`` counts 2 per
     multiply-accumulate; halved here): torchvision's ResNet-50 is 4.09 GFLOPs at 224. Counted on the meta
@@ -39,7 +39,8 @@ def model_cost(model: TapModel, resolution: int) -> dict[str, int]:
     meta = {name: torch.empty_like(t, device="meta")
             for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
     taps = tuple(t.name for t in model.taps if not t.derived)
-    x = torch.zeros(1, 3, resolution, resolution, device="meta")
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    x = torch.zeros(1, 3, h, w, device="meta")
     was_training = model.training
     model.train(False)
     try:
@@ -47,7 +48,8 @@ def model_cost(model: TapModel, resolution: int) -> dict[str, int]:
             torch.func.functional_call(model, meta, (x, taps))
     finally:
         model.train(was_training)
-    return {"params": int(params), "flops": int(counter.get_total_flops()) // 2, "resolution": int(resolution)}
+    size = int(h) if h == w else [int(h), int(w)]
+    return {"params": int(params), "flops": int(counter.get_total_flops()) // 2, "resolution": size}
 
 
 @dataclass
@@ -86,7 +88,7 @@ class FrozenEncoder(nn.Module):
         self.requires_grad_(False)
         super().train(False)
         self._fingerprint: str | None = None
-        self._costs: dict[int, dict[str, int]] = {}
+        self._costs: dict[int | tuple[int, int], dict[str, Any]] = {}
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         # BatchNorm statistics stay frozen whatever a caller asks.
@@ -116,7 +118,7 @@ class FrozenEncoder(nn.Module):
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
-    def cost(self, resolution: int) -> dict[str, int]:
+    def cost(self, resolution: int | tuple[int, int]) -> dict[str, Any]:
         """``{"params", "flops", "resolution"}``: the backbone's parameters and its FLOPs per image
         (multiply-adds) at ``resolution`` px, every declared tap computed (``model_cost``)."""
         if resolution not in self._costs:

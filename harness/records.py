@@ -53,6 +53,7 @@ class EvalRecord:
     category: str = ""
     head: str = ""
     taps: list[dict] = field(default_factory=list)  # head inputs: {input, stride, channels, tap, how}
+    encoder_cost: dict[str, Any] | None = None  # the encoder's params and FLOPs (multiply-adds) per test image
     output_resolution: list[int] | None = None
     epochs: int | None = None
     secondary: dict[str, Any] = field(default_factory=dict)

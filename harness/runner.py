@@ -420,6 +420,7 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
                "waited": stats.waited},
         encoder_fingerprint=encoder.fingerprint(), encoder_info=encoder.info.__dict__,
         category=target.category, head=target.head, taps=_inputs_record(plan, sel),
+        encoder_cost=_encoder_cost(encoder, tuple(int(x) for x in sample.shape[-2:])),
         output_resolution=[int(x) for x in sample.shape[-2:]] if target.output == "pixel" else None,
         epochs=plan.epochs, secondary={"test": seed_rows[0]["test_scores"]},
         n={"train": sel.n_train, "val": sel.n_val, "test": len(test_ds), "aug_copies": plan.copies},
@@ -435,6 +436,16 @@ def test_target(encoder, plan: TaskPlan, target: TaskSpec, sel: Selection, opts:
     at = f" (tap {sel.fields.get('tap')})" if opts.tap is not None else ""
     log(f"test {target.name}{at}: {target.metric} {record.test:.4f}")
     return record
+
+
+def _encoder_cost(encoder: FrozenEncoder, size: tuple[int, int]) -> dict | None:
+    """Parameters and FLOPs per image at the run's input size (None where the model cannot be traced on the
+    meta device; the result does not depend on it)."""
+    try:
+        return encoder.cost(size if size[0] != size[1] else size[0])
+    except Exception as exc:  # a model whose ops the meta device lacks: the record says so, the run goes on
+        log(f"encoder cost not counted ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+        return None
 
 
 def _inputs_record(plan: TaskPlan, sel: Selection) -> list[dict]:

@@ -136,4 +136,7 @@ def test_eval_cli_with_a_timm_model(tmp_path):
     rec = json.loads(proc.stdout)
     assert rec["encoder"] == "timm:resnet18" and rec["task"] == "synth_count" and rec["n"]["train"] <= 60
     assert rec["encoder_info"]["extra"]["family"] == "timm" and 0.0 <= rec["test"] <= 1.0
-    assert rec["encoder_fingerprint"] == create_encoder("timm:resnet18").fingerprint()
+    enc = create_encoder("timm:resnet18")
+    assert rec["encoder_fingerprint"] == enc.fingerprint()
+    # the card's cost at the run's input size: parameters and multiply-adds per image
+    assert rec["encoder_cost"] == {**enc.cost(64), "resolution": 64} and rec["encoder_cost"]["params"] == 11_176_512

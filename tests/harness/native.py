@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from heads.pyramid import Level
 from heads.registry import HEADS, HeadEntry
 from tasks.datasets.base import TaskDataset
 from tasks.registry import TASKS
@@ -99,7 +100,8 @@ def registered(task: TaskSpec) -> Iterator[TaskSpec]:
     """``task`` and the fixed head in the registries for the duration (so `harness eval` finds them)."""
     HEADS.discover()
     TASKS.discover()
-    HEADS._items[HEAD] = HeadEntry(HEAD, lambda t: ("block1",), lambda taps, t: FixedQuarter(), "test head")
+    HEADS._items[HEAD] = HeadEntry(HEAD, lambda t, taps: [Level(4, 1, "block1")], lambda taps, t: FixedQuarter(),
+                                   "test head")
     TASKS._items[task.name] = task
     try:
         yield task
