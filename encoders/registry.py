@@ -20,7 +20,7 @@ from harness.common.registry import Registry
 
 from .adapters import load_backbone, model_for
 from .any_model import any_model_encoder
-from .archs import ARCHS, arch_card, arch_cost, build_arch, parse_widened, pattern_hint
+from .archs import ARCHS, arch_card, arch_cost, build_arch, parse_space, parse_widened, pattern_hint
 from .base import FLOPS_COUNTING, EncoderInfo, FrozenEncoder
 from .catalog import CATALOG, CatalogEntry
 from .checkpoint import is_harness_checkpoint
@@ -182,8 +182,8 @@ def _catalog_encoder(entry: CatalogEntry, fmt: str | None, weights_dir: Path | N
 def create_encoder(name: str, seed: int = 0, *, fmt: str | None = None, weights_dir: Path | None = None,
                    download: bool = False) -> FrozenEncoder:
     """Resolve, in order: a catalog name with a weights file, a registered random-init name, a widened
-    architecture (``resnet50_x8``), ``tv:NAME`` / ``timm:NAME``, a ``harness pretrain`` output by name, a
-    checkpoint path.
+    architecture (``resnet50_x8``) or a sampled one (``resnet_space:3``), ``tv:NAME`` / ``timm:NAME``, a
+    ``harness pretrain`` output by name, a checkpoint path.
 
     Never downloads unless ``download`` is set.
     """
@@ -192,7 +192,7 @@ def create_encoder(name: str, seed: int = 0, *, fmt: str | None = None, weights_
         return _catalog_encoder(entry, fmt, weights_dir, download)
     if name in ENCODERS:
         return ENCODERS[name].builder(seed)
-    if parse_widened(name) is not None:  # BASE_xK: a widened architecture (a bad factor says so)
+    if parse_widened(name) is not None or parse_space(name) is not None:  # BASE_xK, SPACE:K (bad K says so)
         return arch_encoder(name, seed)
     any_model = any_model_encoder(name, seed)
     if any_model is not None:

@@ -291,15 +291,51 @@ WeightsDirOpt = Annotated[Optional[Path], typer.Option(
 
 
 @encoders_app.callback()
-def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: WeightsDirOpt = None) -> None:
+def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: WeightsDirOpt = None,
+             show: Annotated[Optional[list[str]], typer.Option(
+                 "--show", help="architecture(s) to describe instead (resnet_space:3: what K drew, its cost)")] = None,
+             ) -> None:
     """List the known encoders, their parameters and GFLOPs per image at 64 and 224 px, and whether their
     weights are present."""
     if ctx.invoked_subcommand is not None:
         return
-    from encoders.archs import WIDEN_MAX, WIDEN_MIN, widened_patterns
-    from encoders.registry import list_encoders
+    from encoders.archs import SPACES, WIDEN_MAX, WIDEN_MIN, arch_card, parse_space, space_patterns, widened_patterns
+    from encoders.registry import cost_columns, list_encoders
 
+    if show:  # named architectures, SPACE:K included (never enumerated), or a space itself: its knobs
+        cards = []
+        for name in show:
+            if name in SPACES:
+                space = SPACES[name]
+                cards.append({"name": name, "space": True, "description": space.description, "knobs": space.knobs})
+                continue
+            family, description, facts = arch_card(name)
+            cards.append({"name": name, "family": family, "description": description, **cost_columns(name),
+                          "card": facts})
+        if json_out:
+            _emit(cards)
+            return
+        for c in cards:
+            if c.get("space"):
+                typer.echo(f"{c['name']}:K: {c['description']}; knobs drawn uniformly from K alone:")
+                for knob, spec in c["knobs"].items():
+                    typer.echo(f"  {knob}: {', '.join(map(str, spec['choices']))}  [{spec['source']}]")
+                continue
+            drawn = c["card"].get("drawn_summary")
+            typer.echo(f"{c['name']}: {c['description']}" + (f"\n  drawn: {drawn}" if drawn else "")
+                       + f"\n  params {c['params'] / 1e6:.3g}M, GFLOPs {c['flops_64'] / 1e9:.3g} at 64 px, "
+                       f"{c['flops_224'] / 1e9:.3g} at 224 px")
+            if "drawn" in c["card"]:
+                typer.echo(f"  knobs: {json.dumps(c['card']['drawn'])}")
+        return
     rows = list_encoders(weights_dir)
+    for r in rows:  # a sampled architecture (a checkpoint of resnet_space:K): what K drew
+        try:
+            sampled = parse_space(str(r["arch"])) is not None
+        except HarnessError:
+            sampled = False
+        if sampled:
+            r["drawn"] = arch_card(r["arch"])[2]["drawn_summary"]
     if json_out:
         _emit(rows)
         return
@@ -315,8 +351,15 @@ def encoders(ctx: typer.Context, json_out: JsonOpt = False, weights_dir: Weights
                       "yes" if r["available"] else "no", count(r.get("params"), 1e6, "M"),
                       count(r.get("flops_64"), 1e9), count(r.get("flops_224"), 1e9))
     _print_table(table)
+    for r in rows:
+        if "drawn" in r:
+            _err(f"{r['name']}: {r['arch']} = {r['drawn']}")
+    spaces = space_patterns()  # never enumerated: K is any integer >= 0
+    example = spaces[0].replace(":K", ":0")
     _err(f"also: {', '.join(widened_patterns())} with K = {WIDEN_MIN}..{WIDEN_MAX} (Kolesnikov et al.'s widening "
          "factor; 4 = the standard width), e.g. --encoder resnet50_x8 or pretrain --arch resnetv2_50_x2; "
+         f"{', '.join(spaces)} with K = 0, 1, 2, ... (architecture K of a seeded search space, Girish et al.; "
+         f"the card says what K drew, e.g. {example} = {arch_card(example)[2]['drawn_summary']}); "
          "tv:NAME and timm:NAME. GFLOPs are multiply-adds per image.")
 
 

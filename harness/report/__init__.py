@@ -7,7 +7,7 @@ numbers can be tested without matplotlib and the figures never compute anything.
 that lacks the data it needs raises ``Skip`` with a one-line reason; it is never faked.
 
 Modules: ``load`` (records -> table), one per analysis family (``ranks``, ``baseline``,
-``correlations``, ``groups``), ``plots`` (figures from tables), ``writers`` (files, markdown,
+``correlations``, ``groups``, ``arch_rank``), ``plots`` (figures from tables), ``writers`` (files, markdown,
 the summary); this module holds the ANALYSES table and runs it.
 """
 
@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..common.atomic import write_json
 from ..common.errors import UsageError
+from .arch_rank import arch_rank, arch_rank_markdown, plot_arch_rank
 from .base import GROUP_FIELDS, Analysis, AnalysisResult, ReportOptions, Skip
 from .baseline import baseline_gain, normalised_distribution
 from .correlations import imagenet_correlation, task_correlation
@@ -64,6 +65,9 @@ ANALYSES: tuple[Analysis, ...] = (
              "the baseline encoder and encoders differing in method, balance, size or epochs", anova, plot_anova),
     Analysis("ranks", "Encoders x tasks with rank per task and mean rank", "any results", rank_table, plot_ranks,
              markdown=_rank_markdown),
+    Analysis("arch_rank", "Architectures ranked per task and pretraining method, Kendall's tau-b between rankings",
+             ">= 2 architectures (encoder_info.arch) and >= 2 rankings: tasks or pretraining methods, each scored "
+             "for >= 2 architectures", arch_rank, plot_arch_rank, markdown=arch_rank_markdown),
     Analysis("granularity", "Fine vs coarse labels per encoder, relative to each task's chance (label granularity)",
              "an encoder scored on a fine task and on its coarse twin (e.g. synth_shape_cls and "
              "synth_shape_coarse_cls, cifar100_cls and cifar100_coarse_cls)", granularity, plot_granularity),

@@ -191,6 +191,7 @@ def _read(results_dir: Path, exclude: Path | None) -> tuple[list[dict], dict[str
                      "incidental": json.dumps(key, sort_keys=True, default=str),
                      "category": rec.get("category") or _task_category(rec["task"]),
                      "metric": rec.get("metric"), "score": float(rec["test"]), "created": rec.get("created"),
+                     "arch": (rec.get("encoder_info") or {}).get("arch"),
                      "record_version": rec.get("record_version"), "file": str(path.relative_to(results_dir)),
                      **encoder_metadata(rec["encoder"], rec.get("encoder_info"))})
     return rows, counts, failed_pairs
