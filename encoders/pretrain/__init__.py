@@ -11,8 +11,13 @@ from harness.common.registry import Registry
 
 from .base import Method, MethodConfig
 from .byol import BYOL, BYOLConfig
+from .exemplar import Exemplar, ExemplarConfig
+from .jigsaw import Jigsaw, JigsawConfig
 from .moco import MoCo, MoCoConfig, mocov1_config
+from .relpatch import RelPatch, RelPatchConfig
+from .rotnet import RotNet, RotNetConfig
 from .simclr import SimCLR, SimCLRConfig
+from .splitbrain import SplitBrain, SplitBrainConfig
 from .swav import SwAV, SwAVConfig
 
 
@@ -37,6 +42,14 @@ register_method("mocov1", mocov1_config, MoCo, "MoCo v1: as v2 with a linear hea
 register_method("swav", SwAVConfig, SwAV, "SwAV: online clustering with Sinkhorn-Knopp, multi-crop")
 register_method("simclr", SimCLRConfig, SimCLR, "SimCLR: NT-Xent with negatives from every rank")
 register_method("byol", BYOLConfig, BYOL, "BYOL: predict a momentum target network, no negatives")
+# pretext tasks (Kolesnikov et al. 2019's four, and split-brain autoencoders)
+register_method("rotnet", RotNetConfig, RotNet, "RotNet: which of 4 rotations (0/90/180/270) an image was turned by")
+register_method("jigsaw", JigsawConfig, Jigsaw, "Jigsaw: which permutation of a maximal-Hamming set shuffled 3x3 tiles")
+register_method("relpatch", RelPatchConfig, RelPatch, "Relative patch location: where a neighbour lies (8-way)")
+register_method("exemplar", ExemplarConfig, Exemplar,
+                "Exemplar: each image a class of augmented copies, with a semi-hard triplet term")
+register_method("splitbrain", SplitBrainConfig, SplitBrain,
+                "Split-brain autoencoder: L predicts quantised ab, ab predicts quantised L (Lab)")
 
 
 def get_method(name: str) -> MethodSpec:
