@@ -82,7 +82,7 @@ class SplitSpec:
 @dataclass(frozen=True)
 class DataLayout:
     """Where a real task's dataset lives under the data root and what is read there, as
-    released (spec/data.md); ``harness data layout`` prints it."""
+    released (docs/data.md); ``harness data layout`` prints it."""
 
     folder: str  # one folder per family under the data root
     tree: str  # the expected tree (indented lines), official names unchanged

@@ -1,6 +1,8 @@
 """Joint transforms of a sample's image(s), target and valid mask.
 
-``apply_transform`` is what every loader calls from ``__getitem__``: one seeded transform per
+``apply_transform`` is what every loader calls from ``__getitem__`` (real splits through
+``datasets.base.TransformedSplit``, image-level and pixelwise alike, with ``split_transform`` and
+``split_seed``, so every part of a declared spec is applied): one seeded transform per
 augmented copy, applied alike to the image (or to every frame of an (S, 3, H, W) stack), the
 target and the valid mask, with each target kind resampled as its meaning requires:
 
@@ -37,7 +39,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .spec import TaskSpec, TransformSpec
+from .spec import DataRequest, TaskSpec, TransformSpec
 
 TargetKind = Literal["label", "class_map", "depth", "flow"]
 
@@ -62,6 +64,23 @@ def transform_seed(seed: int, aug_copy: int, index: int) -> int:
     """
     digest = hashlib.blake2b(f"{seed}/{aug_copy}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def split_transform(task: TaskSpec, req: DataRequest) -> TransformSpec:
+    """The transform a split of ``task`` applies: the task's train or eval spec. ``--resolution R`` (quick
+    runs) resizes every image, train and eval alike, to R x R and drops the crop and the random scale (a
+    513 px crop means nothing at 32 x 32), keeping the flip; a smoke test of a 1024 x 2048 task then costs
+    what a 32 x 32 one does."""
+    spec = task.train_transform if req.train else task.eval_transform
+    if req.resolution:
+        return TransformSpec(resize=(req.resolution, req.resolution), hflip=spec.hflip)
+    return spec
+
+
+def split_seed(req: DataRequest, index: int) -> int | None:
+    """The seed of sample ``index``'s random transform in a split: ``transform_seed`` of the run's seed and
+    augmented copy when training, None for evaluation (no random transform)."""
+    return transform_seed(req.seed, req.aug_copy, index) if req.train else None
 
 
 @dataclass(frozen=True)

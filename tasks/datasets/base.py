@@ -22,14 +22,16 @@ from torch.utils.data import Dataset
 
 from harness.common.errors import HarnessError
 
-from ..spec import DataRequest, TaskSpec
+from ..spec import DataRequest, SplitSpec, TaskSpec, TransformSpec
+from ..transforms import TargetKind, apply_transform, split_seed, split_transform
 
 DATA_ENV = "HARNESS_DATA"
 IMAGE_SIZE = 224  # the paper's input size for image-level tasks
+IMAGE_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
 
 
 def resolve_data_root(explicit: Path | str | None = None) -> Path:
-    """``--data-root``, else ``$HARNESS_DATA``, else ``./data`` (spec/data.md)."""
+    """``--data-root``, else ``$HARNESS_DATA``, else ``./data`` (docs/data.md)."""
     if explicit:
         return Path(explicit).expanduser()
     env = os.environ.get(DATA_ENV)
@@ -184,14 +186,6 @@ def size_mismatch(path: Path | str, size: tuple[int, int], ref: Path | str, ref_
             f"{ref_size[0]} x {ref_size[1]}; the files do not belong together (or one was resized)")
 
 
-def image_size(task: TaskSpec, req: DataRequest) -> tuple[int, int] | None:
-    """(H, W) an image-level sample is resized to: ``--resolution`` or the task's eval resize."""
-    if req.resolution:
-        return (req.resolution, req.resolution)
-    spec = task.train_transform if req.train else task.eval_transform
-    return spec.resize
-
-
 def read_rgb(path: Path | str) -> Image.Image:
     """An RGB image (palette, grey, CMYK and RGBA releases all arrive as RGB; alpha is dropped)."""
     with Image.open(path) as img:
@@ -214,32 +208,64 @@ def load_image(path: Path | str, size: tuple[int, int] | None) -> torch.Tensor:
     return to_tensor(read_rgb(path), size)
 
 
-class FileClassification(TaskDataset):
-    """Image-level classification over files: each sample is one path (or S paths, frames in
-    order) and a class index. Decoding and resizing happen in ``__getitem__``."""
+class TransformedSplit(TaskDataset):
+    """Base of every real split: ``items`` (one per sample, ``--limit`` applied here) and ``decode(i)``,
+    the sample as its files hold it; ``__getitem__`` then sizes and augments it through
+    ``apply_transform`` alone, with the split's ``TransformSpec`` (``split_transform``: the task's train
+    or eval spec, or R x R for ``--resolution R``) and seed (``split_seed``). One path for every loader,
+    image-level or pixelwise: whatever a task's spec declares is applied."""
 
-    decodes_files = True
+    kind: TargetKind = "label"
 
-    def __init__(self, items: Sequence[tuple[Path | tuple[Path, ...], int]], size: tuple[int, int] | None,
-                 problems: Problems | None = None):
-        self.paths = [p for p, _ in items]
-        self.labels = np.asarray([y for _, y in items], dtype=np.int64)
-        self.size = size
+    def __init__(self, task: TaskSpec, req: DataRequest, items: Iterable[Any], problems: Problems | None):
+        self.task_name, self.req = task.name, req
+        self.spec = split_transform(task, req)
+        self.items = apply_limit(list(items), req)
         self.problems = problems.items if problems is not None else []
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
+
+    def decode(self, i: int) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        p = self.paths[i]
-        if isinstance(p, tuple):
-            image = torch.stack([load_image(f, self.size) for f in p])
-        else:
-            image = load_image(p, self.size)
+        return apply_transform(self.decode(i), self.spec, self.kind, split_seed(self.req, i))
+
+
+class FileClassification(TransformedSplit):
+    """Image-level classification over files: each item is one path (or S paths, frames in order) and a
+    class index. Images are decoded in ``__getitem__`` straight to the spec's ``resize`` (PIL, antialiased:
+    cheaper than decoding at full size and resizing a tensor), so ``apply_transform`` adds only the random
+    part (scale, crop, flip) where the spec declares one."""
+
+    decodes_files = True
+
+    def __init__(self, task: TaskSpec, req: DataRequest, items: Iterable[tuple[Path | tuple[Path, ...], int]],
+                 problems: Problems | None = None):
+        super().__init__(task, req, items, problems)
+        self.paths = [p for p, _ in self.items]
+        self.labels = np.asarray([y for _, y in self.items], dtype=np.int64)
+
+    def decode(self, i: int) -> dict[str, torch.Tensor]:
+        p, size = self.paths[i], self.spec.resize
+        image = torch.stack([load_image(f, size) for f in p]) if isinstance(p, tuple) else load_image(p, size)
         return {"image": image, "target": torch.tensor(int(self.labels[i]))}
 
     def class_labels(self) -> np.ndarray:
         return self.labels
+
+
+def image_task(**fields: Any) -> TaskSpec:
+    """A paper image-level task record with what they share unless ``fields`` say otherwise: a linear head
+    trained with cross-entropy and scored by top-1 on images resized to 224 x 224 without keeping the aspect
+    ratio (as the reference), the release's train and test splits with 10% of train carved for validation, one
+    output per class name."""
+    defaults: dict[str, Any] = dict(
+        output="image", head="linear", loss="ce", metric="top1", suite="paper", default_resolution=IMAGE_SIZE,
+        train_transform=IMAGE_RESIZE, eval_transform=IMAGE_RESIZE, splits=SplitSpec("train", None, "test", 0.1),
+        num_outputs=len(fields.get("class_names", ())))
+    return TaskSpec(**{**defaults, **fields})
 
 
 def class_index(names: Sequence[str]) -> dict[str, int]:

@@ -31,19 +31,8 @@ import numpy as np
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    class_index,
-    image_size,
-    list_dirs,
-    list_files,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import FileClassification, Problems, class_index, image_task, list_dirs, list_files, require, task_folder
 from .paper_split import missing_numbers, split_by_hash
 
 FOLDER = "caltech101"
@@ -173,22 +162,15 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
         for c in np.flatnonzero((counts > 0) & (counts <= TRAIN_PER_CLASS)):
             problems.add(base / CLASS_NAMES[c], f"{counts[c]} images; the paper's split needs at least "
                          f"{TRAIN_PER_CLASS + 1} ({TRAIN_PER_CLASS} train and one or more test)")
-        quotas = np.minimum(counts, TRAIN_PER_CLASS)
-        train = split_by_hash(rels, labels, quotas, task.name)
-        keep = np.flatnonzero(train if req.split == "train" else ~train).tolist()
+        keep = split_by_hash(rels, labels, np.minimum(counts, TRAIN_PER_CLASS), task.name, req.split)
     problems.raise_if_any()
     items = [(base / rels[i], int(labels[i])) for i in keep]
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-CALTECH_CLS = register_task(TaskSpec(
-    name="caltech_cls", paper_name="CalTech Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, epochs=5000,
-    suite="paper", train_size=3_060,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    default_resolution=IMAGE_SIZE, layout=LAYOUT,
+CALTECH_CLS = register_task(image_task(
+    name="caltech_cls", paper_name="CalTech Cls.", nature="semantic", dataset=build, class_names=CLASS_NAMES,
+    epochs=5000, train_size=3_060, layout=LAYOUT,
     description="101 object classes and BACKGROUND_Google (102 outputs); 30 train images per class, the rest "
                 "test; resized to 224 x 224 without keeping the aspect ratio",
 ))

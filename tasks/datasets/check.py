@@ -3,7 +3,7 @@
 The check builds each split through the task's own loader (so it verifies exactly what an
 eval would read), in collecting mode: every pairing problem is listed, not only the first. It
 then decodes the labels (all of them, or a seeded ``sample``) at native resolution and
-summarises them as spec/data.md fixes: a class histogram, per-class pixel shares, depth or
+summarises them as docs/data.md fixes: a class histogram, per-class pixel shares, depth or
 flow statistics over valid pixels. A label value the release never writes is a problem naming
 the file and the value (each loader's decoder refuses it, in eval as here).
 
@@ -25,6 +25,7 @@ from harness.common.errors import HarnessError
 from tasks.splits import carve_problem
 
 from ..spec import DataRequest, TaskSpec
+from ..transforms import target_kind
 from .base import DataMissing, TaskDataset, resolve_data_root
 
 MAX_PROBLEMS = 50  # listed in full up to this many, then counted
@@ -64,14 +65,6 @@ def layout_text(task: TaskSpec, data_root=None) -> str:
     return "\n".join(lines)
 
 
-def _kind(task: TaskSpec) -> str:
-    if task.output == "image":
-        return "classification"
-    if task.is_classification:
-        return "segmentation"
-    return "depth" if task.num_outputs == 1 else "flow"
-
-
 def _indices(n: int, sample: int | None, seed: int = 0) -> np.ndarray:
     if sample is None or sample >= n:
         return np.arange(n)
@@ -84,8 +77,8 @@ def _class_name(task: TaskSpec, c: int) -> str:
 
 def summarise(task: TaskSpec, ds: TaskDataset, indices: Iterable[int], problems: list[str]) -> dict[str, Any]:
     """The ``labels`` object of ``data check --json`` for one split."""
-    kind = _kind(task)
-    if kind == "classification":
+    kind = target_kind(task)
+    if kind == "label":
         labels = ds.class_labels()
         picked = labels[np.asarray(list(indices), dtype=np.int64)] if labels is not None else np.array([], int)
         counts = np.bincount(picked, minlength=task.num_outputs) if len(picked) else np.zeros(task.num_outputs, int)
@@ -120,7 +113,7 @@ class _PixelSummary:
         self.unit = task.extra.get("depth_unit", "m")
 
     def add(self, target: np.ndarray, valid: np.ndarray | None) -> None:
-        if self.kind == "segmentation":
+        if self.kind == "class_map":
             t = target.reshape(-1).astype(np.int64)
             keep = (t >= 0) & (t < self.task.num_outputs)
             if valid is not None:
@@ -146,7 +139,7 @@ class _PixelSummary:
         self.sum += uv[:, m].sum(axis=1)
 
     def result(self) -> dict[str, Any]:
-        if self.kind == "segmentation":
+        if self.kind == "class_map":
             total = max(self.pixels, 1)
             fr = {_class_name(self.task, c): float(n / total) for c, n in enumerate(self.counts)}
             fr["ignore"] = float(self.ignored / total)
@@ -212,7 +205,7 @@ def check_task(task: TaskSpec, data_root=None, sample: int | None = None) -> dic
             problems.append(f"{split}: no samples found under {root}")
         elif split == task.splits.train and task.splits.val is None and not task.head_from:
             problems.extend(p for p in [carve_problem(split, n)] if p)  # eval carves val from this split
-            labels = ds.class_labels() if isinstance(ds, TaskDataset) and _kind(task) == "classification" else None
+            labels = ds.class_labels() if isinstance(ds, TaskDataset) and target_kind(task) == "label" else None
             if n >= 2 and labels is not None and np.bincount(labels).max() == 1:
                 doc["warnings"].append(f"{split}: every class has a single sample, so the validation split carved "
                                        f"from it holds classes that train lacks")

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import IMAGE_SIZE, Problems, TaskDataset, apply_limit, image_size, require, task_folder
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import Problems, TransformedSplit, image_task, require, task_folder
 
 FOLDER = "cifar-100-python"
 LAYOUT = DataLayout(
@@ -128,21 +127,20 @@ def _check_names(root: Path, task_name: str, field: str, expected: tuple[str, ..
                            f"(read {len(names)}: {', '.join(names[:3])}, ...); is this CIFAR-100?")
 
 
-class CIFAR100Split(TaskDataset):
-    """One split held in memory as uint8 (N, 32, 32, 3); upsampled per sample (bilinear)."""
+class CIFAR100Split(TransformedSplit):
+    """One split held in memory as the release's uint8 rows (N, 3072: the red, green and blue planes of a
+    32 x 32 image); each item is a row index. Samples are upsampled by ``apply_transform`` (bilinear,
+    antialiased)."""
 
-    def __init__(self, data: np.ndarray, labels: np.ndarray, size: tuple[int, int] | None, problems: Problems):
-        self.data, self.labels, self.size = data, labels, size
-        self.problems = problems.items
+    decodes_files = False  # in memory: nothing worth a DataLoader worker
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def __init__(self, task: TaskSpec, req: DataRequest, data: np.ndarray, labels: np.ndarray, problems: Problems):
+        super().__init__(task, req, range(min(len(data), len(labels))), problems)
+        self.data, self.labels = data, labels[self.items]
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        img = torch.from_numpy(self.data[i]).permute(2, 0, 1).float().div_(255.0)
-        if self.size is not None and tuple(img.shape[-2:]) != tuple(self.size):
-            img = F.interpolate(img[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
-        return {"image": img.clamp_(0, 1), "target": torch.tensor(int(self.labels[i]))}
+    def decode(self, i: int) -> dict[str, torch.Tensor]:
+        image = torch.tensor(self.data[self.items[i]]).view(3, 32, 32).float().div_(255.0)
+        return {"image": image, "target": torch.tensor(int(self.labels[i]))}
 
     def class_labels(self) -> np.ndarray:
         return self.labels
@@ -177,10 +175,7 @@ def _read_split(root: Path, task: TaskSpec, req: DataRequest, problems: Problems
 def _split(task: TaskSpec, req: DataRequest, data: np.ndarray, labels: np.ndarray, problems: Problems
            ) -> CIFAR100Split:
     problems.raise_if_any()
-    n = min(len(data), len(labels))
-    keep = apply_limit(list(range(n)), req)
-    images = data[keep].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return CIFAR100Split(np.ascontiguousarray(images), labels[keep], image_size(task, req), problems)
+    return CIFAR100Split(task, req, data, labels, problems)
 
 
 def build(task: TaskSpec, req: DataRequest) -> CIFAR100Split:
@@ -272,14 +267,9 @@ def build_coarse(task: TaskSpec, req: DataRequest) -> CIFAR100Split:
     return _split(task, req, data, labels["coarse_labels"], problems)
 
 
-CIFAR100_CLS = register_task(TaskSpec(
-    name="cifar100_cls", paper_name="CIFAR-100 Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=100, class_names=CLASS_NAMES, epochs=100, suite="paper",
-    train_size=50_000,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    default_resolution=IMAGE_SIZE, layout=LAYOUT,
+CIFAR100_CLS = register_task(image_task(
+    name="cifar100_cls", paper_name="CIFAR-100 Cls.", nature="semantic", dataset=build, class_names=CLASS_NAMES,
+    epochs=100, train_size=50_000, layout=LAYOUT,
     chance=0.01, chance_kind="majority class (the release's test split has 100 images of each class)",
     description="100 fine classes; 32 x 32 images upsampled to 224 x 224 (bilinear, as the paper did)",
 ))

@@ -31,7 +31,7 @@ from harness.common.errors import HarnessError
 
 from ..registry import register_task
 from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import Problems, apply_limit, list_dirs, list_files, load_image, require, task_folder
+from .base import Problems, list_dirs, list_files, require, task_folder
 from .pixelwise import IGNORE, PixelSplit, class_map_sample
 
 FOLDER = "cityscapes"
@@ -130,26 +130,10 @@ def read_label_ids(path: Path) -> np.ndarray:
 
 
 class CityscapesSplit(PixelSplit):
-    kind = "class_map"
-
-    def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path]], problems: Problems):
-        super().__init__(task, req, problems)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def where(self, i: int) -> str:
-        return str(self.items[i][0])
-
-    def decode_image(self, i: int) -> torch.Tensor:
-        return load_image(self.items[i][0], None)
+    """(image, labelIds) pairs; the target is the trainId map."""
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return class_map_sample(label_to_train(read_label_ids(self.items[i][1])))
-
-    def sized_files(self, i: int) -> tuple[Path, Path]:
-        return self.items[i]
 
 
 def list_split(root: Path, split: str, task_name: str, problems: Problems) -> list[tuple[Path, Path]]:
@@ -176,7 +160,7 @@ def build(task: TaskSpec, req: DataRequest) -> CityscapesSplit:
     problems = Problems(task.name, req.strict)
     items = list_split(root, req.split, task.name, problems)
     problems.raise_if_any()
-    return CityscapesSplit(task, req, apply_limit(items, req), problems)
+    return CityscapesSplit(task, req, items, problems)
 
 
 CITYSCAPES_SEG = register_task(TaskSpec(

@@ -23,8 +23,8 @@ from pathlib import Path
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import IMAGE_SIZE, FileClassification, Problems, apply_limit, image_size, list_files, require, task_folder
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
+from .base import FileClassification, Problems, image_task, list_files, require, task_folder
 
 FOLDER = "CLEVR_v1.0"
 SPLITS = ("train", "val")
@@ -97,16 +97,12 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
     for name in sorted(images - counts.keys()):
         problems.add(image_dir / name, f"has no scene in {scenes_path.name}")
     problems.raise_if_any()
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
-
-CLEVR_COUNT = register_task(TaskSpec(
-    name="clevr_count", paper_name="CLEVR Count", output="image", nature="structural", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, epochs=100, suite="paper",
-    train_size=70_000, splits=SplitSpec("train", None, "val", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+CLEVR_COUNT = register_task(image_task(
+    name="clevr_count", paper_name="CLEVR Count", nature="structural", dataset=build, class_names=CLASS_NAMES,
+    epochs=100, train_size=70_000, splits=SplitSpec("train", None, "val", val_fraction=0.1), layout=LAYOUT,
     description="number of objects in the scene (3..10); RGBA images to RGB, resized to 224 x 224 without keeping "
                 "the aspect ratio (as the reference)",
 ))

@@ -20,19 +20,8 @@ from pathlib import Path
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    class_index,
-    image_size,
-    list_dirs,
-    list_names,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import FileClassification, Problems, class_index, image_task, list_dirs, list_names, require, task_folder
 
 FOLDER = "dtd"
 PARTITION = 1
@@ -113,17 +102,12 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
                 continue
             items.append((images / cls / name, index[cls]))
     problems.raise_if_any()
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-DTD_CLS = register_task(TaskSpec(
-    name="dtd_cls", paper_name="dtd Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, epochs=100,
-    suite="paper", train_size=3_760,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    default_resolution=IMAGE_SIZE, layout=LAYOUT,
+DTD_CLS = register_task(image_task(
+    name="dtd_cls", paper_name="dtd Cls.", nature="semantic", dataset=build, class_names=CLASS_NAMES,
+    epochs=100, train_size=3_760, layout=LAYOUT,
     description="47 texture classes; train = partition 1's train + val, test = its test; resized to 224 x 224 "
                 "without keeping the aspect ratio",
 ))

@@ -46,7 +46,7 @@ from harness.common.paths import cache_root
 
 from ..registry import register_task
 from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import Problems, apply_limit, list_dirs, list_files, list_names, load_image, require, task_folder
+from .base import Problems, list_dirs, list_files, list_names, require, task_folder
 from .pixelwise import PixelSplit, class_map_sample
 
 FOLDER = "egohands_data"
@@ -179,8 +179,7 @@ class EgoHandsSplit(PixelSplit):
 
     def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path, int]], problems: Problems,
                  first_frames: dict[Path, Path] | None = None):
-        super().__init__(task, req, problems)
-        self.items = items  # (frame, cached masks of its video, index in the video)
+        super().__init__(task, req, items, problems)  # (frame, cached masks of its video, index in the video)
         self.first_frames = first_frames or {}  # cached masks -> the frame whose size they are drawn at
 
     def sized_files(self, i: int) -> tuple[Path, ...]:
@@ -188,15 +187,6 @@ class EgoHandsSplit(PixelSplit):
         frame, cache_file, _ = self.items[i]
         first = self.first_frames.get(cache_file)
         return (first, frame) if first is not None and first != frame else ()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def where(self, i: int) -> str:
-        return str(self.items[i][0])
-
-    def decode_image(self, i: int) -> torch.Tensor:
-        return load_image(self.items[i][0], None)
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         _, cache_file, k = self.items[i]
@@ -251,7 +241,7 @@ def build(task: TaskSpec, req: DataRequest) -> EgoHandsSplit:
     items = [item for v in videos if v in SPLIT_VIDEOS[req.split] for item in list_video(root / v, problems)]
     problems.raise_if_any()
     first_frames = {cache_file: frame for frame, cache_file, k in items if k == 0}
-    return EgoHandsSplit(task, req, apply_limit(items, req), problems, first_frames)
+    return EgoHandsSplit(task, req, items, problems, first_frames)
 
 
 EGOHANDS_SEG = register_task(TaskSpec(

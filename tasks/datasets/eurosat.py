@@ -24,17 +24,8 @@ import numpy as np
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    class_index,
-    image_size,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import FileClassification, Problems, class_index, image_task, require, task_folder
 from .paper_split import missing_numbers, proportional_quotas, split_by_hash
 
 FOLDER = "eurosat"
@@ -105,20 +96,14 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
     rels, labels = list_release(root, task, problems)
     problems.raise_if_any()
     counts = np.bincount(labels, minlength=len(CLASS_NAMES))
-    train = split_by_hash(rels, labels, proportional_quotas(counts, TRAIN_FRACTION), task.name)
-    keep = train if req.split == "train" else ~train
-    items = [(root / "2750" / rels[i], int(labels[i])) for i in np.flatnonzero(keep)]
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    keep = split_by_hash(rels, labels, proportional_quotas(counts, TRAIN_FRACTION), task.name, req.split)
+    items = [(root / "2750" / rels[i], int(labels[i])) for i in keep]
+    return FileClassification(task, req, items, problems)
 
 
-EUROSAT_CLS = register_task(TaskSpec(
-    name="eurosat_cls", paper_name="EuroSAT Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, epochs=200,
-    suite="paper", train_size=21_600,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    default_resolution=IMAGE_SIZE, layout=LAYOUT,
+EUROSAT_CLS = register_task(image_task(
+    name="eurosat_cls", paper_name="EuroSAT Cls.", nature="semantic", dataset=build, class_names=CLASS_NAMES,
+    epochs=200, train_size=21_600, layout=LAYOUT,
     description="10 land-use classes of Sentinel-2 RGB patches (64 x 64, resized to 224 x 224 without keeping "
                 "the aspect ratio); a deterministic stratified 80/20 split",
 ))

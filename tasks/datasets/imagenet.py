@@ -37,19 +37,8 @@ import numpy as np
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    image_size,
-    list_dirs,
-    list_files,
-    missing_folder,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
+from .base import FileClassification, Problems, image_task, list_dirs, list_files, missing_folder, require, task_folder
 
 FOLDER = "imagenet"
 V2_FOLDER = "imagenetv2"
@@ -311,7 +300,7 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
     else:
         raise HarnessError(f"task {task.name}: no split {req.split!r} (train, val)")
     problems.raise_if_any()
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
 def build_v2(task: TaskSpec, req: DataRequest) -> FileClassification:
@@ -331,15 +320,12 @@ def build_v2(task: TaskSpec, req: DataRequest) -> FileClassification:
         items += [(os.path.join(base, name, f), int(name)) for f in files]
     problems.raise_if_any()
     items.sort(key=lambda it: (it[1], it[0]))
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-_COMMON = dict(output="image", nature="semantic", head="linear", loss="ce", metric="top1",
-               num_outputs=len(WNIDS), class_names=WNIDS, epochs=100, suite="paper", train_size=1_281_167,
-               train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-               eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)), default_resolution=IMAGE_SIZE)
+_COMMON = dict(nature="semantic", class_names=WNIDS, epochs=100, train_size=1_281_167)
 
-IMAGENET_CLS = register_task(TaskSpec(
+IMAGENET_CLS = register_task(image_task(
     name="imagenet_cls", paper_name="ImageNet Cls.", dataset=build,
     splits=SplitSpec("train", None, "val", val_fraction=0.01), layout=LAYOUT, extra_tests=("imagenet_v2_cls",),
     description="1000 classes (index = sorted WNID); tested on the official val (50,000), model selection on a "
@@ -347,7 +333,7 @@ IMAGENET_CLS = register_task(TaskSpec(
     **_COMMON,
 ))
 
-IMAGENET_V2_CLS = register_task(TaskSpec(
+IMAGENET_V2_CLS = register_task(image_task(
     name="imagenet_v2_cls", paper_name="ImageNet v2 Cls.", dataset=build_v2,
     splits=SplitSpec("train", None, "test", val_fraction=0.01), layout=V2_LAYOUT, head_from="imagenet_cls",
     description="ImageNetV2 matched-frequency (10,000 images): a second test set for the imagenet_cls head",

@@ -36,19 +36,8 @@ from pathlib import Path
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    class_index,
-    image_size,
-    list_dirs,
-    list_names,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
+from .base import FileClassification, Problems, class_index, image_task, list_dirs, list_names, require, task_folder
 
 FOLDER = "kinetics400"
 SPLITS = ("train", "validate")
@@ -191,8 +180,8 @@ def frame_numbers(folder: Path) -> dict[str, list[int]]:
 class KineticsSplit(FileClassification):
     """Clips of 6 frame paths in temporal order; ``warnings`` are shown by ``harness data check``."""
 
-    def __init__(self, items: Sequence, size: tuple[int, int] | None, problems: Problems, warnings: list[str]):
-        super().__init__(items, size, problems)
+    def __init__(self, task: TaskSpec, req: DataRequest, items: Sequence, problems: Problems, warnings: list[str]):
+        super().__init__(task, req, items, problems)
         self.warnings = warnings
 
 
@@ -241,16 +230,13 @@ def build(task: TaskSpec, req: DataRequest) -> KineticsSplit:
     if absent:
         warnings.append(f"{req.split}: {absent:,} of the {len(annotations):,} clips in {ann_path.name} have no "
                         f"frames under {frames_dir} (not downloaded?) and are left out")
-    return KineticsSplit(apply_limit(items, req), image_size(task, req), problems, warnings)
+    return KineticsSplit(task, req, items, problems, warnings)
 
 
-_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
-
-KINETICS_ACTION = register_task(TaskSpec(
-    name="kinetics_action", paper_name="Kinetics Action Pred.", output="image", nature="semantic", head="fusion",
-    loss="ce", metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, frames=FRAMES,
-    epochs=100, suite="paper", train_size=50_000, splits=SplitSpec("train", None, "validate", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+KINETICS_ACTION = register_task(image_task(
+    name="kinetics_action", paper_name="Kinetics Action Pred.", nature="semantic", head="fusion", dataset=build,
+    class_names=CLASS_NAMES, frames=FRAMES, epochs=100, train_size=50_000, layout=LAYOUT,
+    splits=SplitSpec("train", None, "validate", val_fraction=0.1),
     description="400 actions from 6 frames in temporal order (train size: the paper's 50,000 frames = about "
                 "8,333 clips); frames resized to 224 x 224 without keeping the aspect ratio (as the reference)",
 ))

@@ -30,7 +30,7 @@ from harness.common.errors import HarnessError
 
 from ..registry import register_task
 from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import Problems, apply_limit, list_names, load_image, require, size_mismatch, task_folder
+from .base import Problems, list_names, load_image, require, size_mismatch, task_folder
 from .pixelwise import PixelSplit
 from .png16 import read_png16
 
@@ -77,20 +77,12 @@ def read_flow(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 class KittiFlowSplit(PixelSplit):
+    """(frame t, frame t + 1, flow) triples, one size each; a problem names the flow map."""
+
     kind = "flow"
-
-    def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path, Path]], problems: Problems):
-        super().__init__(task, req, problems)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def where(self, i: int) -> str:
         return str(self.items[i][2])
-
-    def sized_files(self, i: int) -> tuple[Path, Path, Path]:
-        return self.items[i]  # frame t, frame t + 1, flow: one size
 
     def decode_image(self, i: int) -> torch.Tensor:
         a, b = (load_image(p, None) for p in self.items[i][:2])
@@ -137,7 +129,7 @@ def build(task: TaskSpec, req: DataRequest) -> KittiFlowSplit:
     problems.raise_if_any()
     # Split on every id seen, complete or not, so that a lost file never moves another pair across the boundary.
     items = [complete[i] for i in split_ids(ids, req.split) if i in complete]
-    return KittiFlowSplit(task, req, apply_limit(items, req), problems)
+    return KittiFlowSplit(task, req, items, problems)
 
 
 KITTI_FLOW = register_task(TaskSpec(

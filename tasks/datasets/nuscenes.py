@@ -23,8 +23,8 @@ import json
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import IMAGE_SIZE, FileClassification, Problems, apply_limit, image_size, require, task_folder
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import FileClassification, Problems, image_task, require, task_folder
 from .thor import FolderIndex
 
 FOLDER = "nuScenes"
@@ -90,16 +90,12 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
         if not missing:
             items.append((frames, y))
     problems.raise_if_any()
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
-
-NUSCENES_EGOMOTION = register_task(TaskSpec(
-    name="nuscenes_egomotion", paper_name="nuScenes Egomotion", output="image", nature="structural", head="fusion",
-    loss="ce", metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, frames=2,
-    epochs=100, suite="paper", train_size=28_000, splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+NUSCENES_EGOMOTION = register_task(image_task(
+    name="nuscenes_egomotion", paper_name="nuScenes Egomotion", nature="structural", head="fusion", dataset=build,
+    class_names=CLASS_NAMES, frames=2, epochs=100, train_size=28_000, layout=LAYOUT,
     description="ego-motion between two consecutive camera frames (forward, forward-left, forward-right, no "
                 "motion); both frames resized to 224 x 224 without keeping the aspect ratio (as the reference)",
 ))

@@ -44,7 +44,7 @@ from harness.common.errors import HarnessError
 
 from ..registry import register_task
 from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import Problems, apply_limit, list_files, load_image, missing_folder, task_folder
+from .base import Problems, list_files, missing_folder, task_folder
 from .pixelwise import IGNORE, PixelSplit, class_map_sample, depth_sample
 
 FOLDER = "nyu"
@@ -173,23 +173,25 @@ class NyuMat:
 
 
 class NyuMatSplit(PixelSplit):
-    def __init__(self, task: TaskSpec, req: DataRequest, mat: NyuMat, frames: np.ndarray, problems: Problems):
-        super().__init__(task, req, problems)
+    """Frames of the labelled .mat: each item is a frame index (no files to compare by size)."""
+
+    def __init__(self, task: TaskSpec, req: DataRequest, mat: NyuMat, frames: list[int], problems: Problems):
+        super().__init__(task, req, frames, problems)
         self.kind = "depth" if task.name == "nyu_depth" else "class_map"
-        self.mat, self.frames = mat, frames
+        self.mat = mat
         self.walkable_ids = mat.walkable_ids() if self.kind == "class_map" else None
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def where(self, i: int) -> str:
-        return f"{self.mat.path} frame {int(self.frames[i]) + 1}"
+        return f"{self.mat.path} frame {self.items[i] + 1}"
+
+    def sized_files(self, i: int) -> tuple[Path, ...]:
+        return ()
 
     def decode_image(self, i: int) -> torch.Tensor:
-        return self.mat.image(int(self.frames[i]))
+        return self.mat.image(self.items[i])
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = int(self.frames[i])
+        j = self.items[i]
         if self.kind == "depth":
             depth = self.mat.depth(j)
             return depth_sample(depth, np.ones(depth.shape, bool))
@@ -230,22 +232,11 @@ def read_walkable_png(path: Path) -> np.ndarray:
 
 
 class NyuExportSplit(PixelSplit):
+    """(image, depth TIFF or walkable PNG) pairs of the reference's export."""
+
     def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path]], problems: Problems):
-        super().__init__(task, req, problems)
+        super().__init__(task, req, items, problems)
         self.kind = "depth" if task.name == "nyu_depth" else "class_map"
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def where(self, i: int) -> str:
-        return str(self.items[i][0])
-
-    def decode_image(self, i: int) -> torch.Tensor:
-        return load_image(self.items[i][0], None)
-
-    def sized_files(self, i: int) -> tuple[Path, Path]:
-        return self.items[i]
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.items[i][1]
@@ -286,12 +277,11 @@ def build(task: TaskSpec, req: DataRequest) -> PixelSplit:
     mat_path = root / MAT_NAME
     if mat_path.is_file():
         mat = NyuMat(mat_path)
-        frames = apply_limit(split_indices(mat.n, req.split).tolist(), req)
-        return NyuMatSplit(task, req, mat, np.asarray(frames, dtype=np.int64), problems)
+        return NyuMatSplit(task, req, mat, split_indices(mat.n, req.split).tolist(), problems)
     if (root / "train").is_dir() or (root / "test").is_dir():
         items = list_export(root, req.split, task, problems)
         problems.raise_if_any()
-        return NyuExportSplit(task, req, apply_limit(items, req), problems)
+        return NyuExportSplit(task, req, items, problems)
     raise missing_folder(task.name, mat_path, "the labelled NYU v2 file, or the reference's export train/ and test/")
 
 

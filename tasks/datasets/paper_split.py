@@ -40,15 +40,16 @@ def proportional_quotas(counts: Sequence[int], fraction: float) -> np.ndarray:
     return quotas
 
 
-def split_by_hash(rels: Sequence[str], labels: np.ndarray, quotas: np.ndarray, salt: str) -> np.ndarray:
-    """A bool mask, True = train: per class, the ``quotas[c]`` images first in hash order."""
+def split_by_hash(rels: Sequence[str], labels: np.ndarray, quotas: np.ndarray, salt: str, split: str) -> list[int]:
+    """Indices (in listing order) of ``split``: per class, the ``quotas[c]`` images first in hash order
+    are ``"train"``, the others ``"test"``."""
     labels = np.asarray(labels, dtype=np.int64)
     train = np.zeros(len(rels), dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         ranked = sorted(idx.tolist(), key=lambda i: hash_key(salt, rels[i]))
         train[ranked[: int(quotas[c])]] = True
-    return train
+    return np.flatnonzero(train if split == "train" else ~train).tolist()
 
 
 def missing_numbers(numbers: Sequence[int]) -> list[int]:

@@ -24,7 +24,6 @@ validation split, so a seeded 10% is carved from trainval (stratified by breed f
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -34,21 +33,9 @@ from PIL import Image
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from ..transforms import apply_transform
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    TaskDataset,
-    apply_limit,
-    image_size,
-    list_names,
-    load_image,
-    require,
-    size_mismatch,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
+from .base import IMAGE_RESIZE, IMAGE_SIZE, FileClassification, Problems, image_task, list_names, require, task_folder
+from .pixelwise import IGNORE, PixelSplit, class_map_sample
 
 FOLDER = "oxford-iiit-pet"
 LAYOUT = DataLayout(
@@ -74,7 +61,6 @@ BREEDS: tuple[str, ...] = (
     "yorkshire_terrier",
 )
 SEG_CLASSES: tuple[str, ...] = ("background", "pet")
-IGNORE = 255
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 # trimap value -> training target: pet 1, background 0, border ignored; anything else is not a trimap value
 _TRIMAP_LUT = np.full(256, -1, dtype=np.int64)
@@ -140,12 +126,12 @@ def _listing(task: TaskSpec, req: DataRequest, trimaps: bool) -> tuple[Path, lis
         if ok:
             kept.append((stem, cls))
     problems.raise_if_any()
-    return root, apply_limit(kept, req), problems
+    return root, kept, problems
 
 
 def build_cls(task: TaskSpec, req: DataRequest) -> FileClassification:
     root, items, problems = _listing(task, req, trimaps=False)
-    return FileClassification([(root / "images" / f"{s}.jpg", c) for s, c in items], image_size(task, req), problems)
+    return FileClassification(task, req, [(root / "images" / f"{s}.jpg", c) for s, c in items], problems)
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -166,66 +152,25 @@ def read_trimap(path: Path) -> np.ndarray:
     return target
 
 
-def transform_for(task: TaskSpec, req: DataRequest) -> TransformSpec:
-    """The task's train or eval transform; ``--resolution R`` resizes to R x R."""
-    spec = task.train_transform if req.train else task.eval_transform
-    if req.resolution:
-        spec = dataclasses.replace(spec, resize=(req.resolution, req.resolution))
-    return spec
+class PetsSegSplit(PixelSplit):
+    """(image, trimap) pairs; the target is the trimap's class map (resized by nearest neighbour, so the
+    border's 255 never blends into a class)."""
 
-
-def sample_seed(req: DataRequest, i: int) -> int | None:
-    """One seed per (run seed, augmented copy, sample) in training; None (no random draw) otherwise."""
-    if not req.train:
-        return None
-    return int(np.random.SeedSequence([req.seed, req.aug_copy, i]).generate_state(1)[0])
-
-
-class PetsSegSplit(TaskDataset):
-    """Image + trimap target; decoded at native size, then sized by ``apply_transform`` (class map:
-    nearest, so the border's 255 never blends into a class)."""
-
-    decodes_files = True
-
-    def __init__(self, images: list[Path], trimaps: list[Path], transform: TransformSpec, req: DataRequest,
-                 problems: Problems):
-        self.images, self.trimaps = images, trimaps
-        self.transform, self.req = transform, req
-        self.problems = problems.items
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def native_target(self, i: int) -> tuple[np.ndarray, None]:
-        return read_trimap(self.trimaps[i]), None
-
-    def sized_files(self, i: int) -> tuple[Path, Path]:
-        return self.images[i], self.trimaps[i]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = load_image(self.images[i], None)
-        target = read_trimap(self.trimaps[i])
-        if tuple(image.shape[-2:]) != target.shape:
-            raise HarnessError(self.size_problem(i) or size_mismatch(
-                self.trimaps[i], (target.shape[1], target.shape[0]), self.images[i], (image.shape[2], image.shape[1])))
-        sample = {"image": image, "target": torch.from_numpy(target)}
-        return apply_transform(sample, self.transform, "class_map", sample_seed(self.req, i))
+    def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return class_map_sample(read_trimap(self.items[i][1]))
 
 
 def build_seg(task: TaskSpec, req: DataRequest) -> PetsSegSplit:
     root, items, problems = _listing(task, req, trimaps=True)
-    return PetsSegSplit([root / "images" / f"{s}.jpg" for s, _ in items],
-                        [root / "annotations" / "trimaps" / f"{s}.png" for s, _ in items],
-                        transform_for(task, req), req, problems)
+    return PetsSegSplit(task, req, [(root / "images" / f"{s}.jpg", root / "annotations" / "trimaps" / f"{s}.png")
+                                    for s, _ in items], problems)
 
 
-_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
+SPLITS = SplitSpec("trainval", None, "test", val_fraction=0.1)
 
-PETS_CLS = register_task(TaskSpec(
-    name="pets_cls", paper_name="Pets Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build_cls, num_outputs=len(BREEDS), class_names=BREEDS, epochs=500, suite="paper",
-    train_size=3_680, splits=SplitSpec("trainval", None, "test", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+PETS_CLS = register_task(image_task(
+    name="pets_cls", paper_name="Pets Cls.", nature="semantic", dataset=build_cls, num_outputs=len(BREEDS),
+    class_names=BREEDS, epochs=500, train_size=3_680, splits=SPLITS, layout=LAYOUT,
     description="37 cat and dog breeds; resized to 224 x 224 without keeping the aspect ratio (as the reference)",
 ))
 
@@ -233,8 +178,8 @@ PETS_INSTANCE_SEG = register_task(TaskSpec(
     name="pets_instance_seg", paper_name="Pets Instance Seg.", output="pixel", nature="semantic",
     head="deeplabv3plus", loss="pixel_ce", metric="miou", dataset=build_seg, num_outputs=len(SEG_CLASSES),
     ignore_index=IGNORE, class_names=SEG_CLASSES, epochs=100, batch_size=32, suite="paper", train_size=3_680,
-    splits=SplitSpec("trainval", None, "test", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE, layout=LAYOUT,
+    splits=SPLITS, train_transform=IMAGE_RESIZE, eval_transform=IMAGE_RESIZE, default_resolution=IMAGE_SIZE,
+    layout=LAYOUT,
     description="pet vs background from the trimaps, border ignored (255); image and trimap resized to 224 x 224 "
                 "(trimap by nearest neighbour)",
 ))

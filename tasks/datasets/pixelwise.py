@@ -1,20 +1,15 @@
-"""What the pixelwise loaders share: native decoding, one transform call, per-sample seeds.
+"""What the pixelwise loaders share: native decoding and the valid masks of their targets.
 
 A pixelwise split decodes a sample at its native resolution (``decode_image`` and
 ``decode_target``: the target and its valid mask exactly as the files hold them, which is also
 what ``harness data check`` summarises through ``native_target``), then sizes and augments it
-through ``tasks.transforms.apply_transform`` alone, with the task's train or eval
-``TransformSpec``. Random transforms are seeded per sample and augmented copy, from
-(``req.seed``, ``req.aug_copy``, index), so copy k is the same in every run and differs from
-copy k + 1; evaluation passes no seed (no random transform).
-
-``--resolution R`` (``DataRequest.resolution``) is for quick runs: every image, train and
-eval alike, is resized to R x R (crop and random scale dropped, flip kept), so a smoke test
-of a 1024 x 2048 task costs what a 32 x 32 one does.
+through ``TransformedSplit``, the path every loader shares (``tasks.transforms.apply_transform``
+with the split's ``TransformSpec`` and per-sample seed; ``--resolution R`` resizes to R x R).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,65 +17,42 @@ import torch
 
 from harness.common.errors import HarnessError
 
-from ..spec import DataRequest, TaskSpec, TransformSpec
-from ..transforms import TargetKind, apply_transform
-from .base import Problems, TaskDataset
+from ..transforms import TargetKind
+from .base import TaskDataset, TransformedSplit, load_image
 
 IGNORE = 255  # the ignore index of every pixelwise class map
 
 
-def transform_spec(task: TaskSpec, req: DataRequest) -> TransformSpec:
-    """The task's train or eval transform, or R x R for ``--resolution R``."""
-    spec = task.train_transform if req.train else task.eval_transform
-    if req.resolution:
-        return TransformSpec(resize=(req.resolution, req.resolution), hflip=spec.hflip)
-    return spec
-
-
-def sample_seed(req: DataRequest, index: int) -> int | None:
-    """The seed of sample ``index``'s random transform in augmented copy ``req.aug_copy``; None
-    for evaluation splits (no random transform)."""
-    if not req.train:
-        return None
-    return int(np.random.SeedSequence([req.seed, req.aug_copy, index]).generate_state(1, np.uint64)[0] >> 1)
-
-
-class PixelSplit(TaskDataset):
-    """Base of the file-backed pixelwise splits: subclasses list the samples and implement
-    ``decode_image(i)`` ((3, H, W) or (S, 3, H, W) float in [0, 1]) and ``decode_target(i)``
-    ((target, valid) at native resolution) plus ``where(i)`` (the file a problem names)."""
+class PixelSplit(TransformedSplit):
+    """Base of the file-backed pixelwise splits. Each item is a tuple of paths, the image first and the
+    files that must share its size after it (an image and its label map; a pair's frames and its flow),
+    which is what ``where``, ``decode_image`` and ``sized_files`` read unless a subclass says otherwise;
+    subclasses implement ``decode_target(i)``: (target, valid) at native resolution."""
 
     decodes_files = True
     kind: TargetKind = "class_map"
 
-    def __init__(self, task: TaskSpec, req: DataRequest, problems: Problems):
-        self.task_name = task.name
-        self.req = req
-        self.spec = transform_spec(task, req)
-        self.problems = problems.items
+    def where(self, i: int) -> str:
+        """The file a problem with sample ``i`` names."""
+        return str(self.items[i][0])
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def sized_files(self, i: int) -> tuple[Path, ...]:
+        return self.items[i]
 
-    def where(self, i: int) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def decode_image(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def decode_image(self, i: int) -> torch.Tensor:
+        """(3, H, W) or (S, 3, H, W) float in [0, 1] at native size."""
+        return load_image(self.items[i][0], None)
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def native(self, i: int) -> dict[str, torch.Tensor]:
-        """Sample ``i`` at native resolution, before any transform."""
+    def decode(self, i: int) -> dict[str, torch.Tensor]:
+        """Sample ``i`` at native resolution, before any transform; image and target must agree in size."""
         image = self.decode_image(i)
         target, valid = self.decode_target(i)
         if tuple(image.shape[-2:]) != tuple(target.shape[-2:]):
             raise HarnessError(decoded_mismatch(self, i, tuple(image.shape[-2:]), tuple(target.shape[-2:])))
         return {"image": image, "target": target, "valid": valid}
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return apply_transform(self.native(i), self.spec, self.kind, sample_seed(self.req, i))
 
     def native_target(self, i: int) -> tuple[Any, np.ndarray | None]:
         target, valid = self.decode_target(i)

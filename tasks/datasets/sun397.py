@@ -36,19 +36,8 @@ import numpy as np
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import (
-    IMAGE_SIZE,
-    FileClassification,
-    Problems,
-    apply_limit,
-    class_index,
-    image_size,
-    list_dirs,
-    list_files,
-    require,
-    task_folder,
-)
+from ..spec import DataLayout, DataRequest, TaskSpec
+from .base import FileClassification, Problems, class_index, image_task, list_dirs, list_files, require, task_folder
 from .paper_split import proportional_quotas, split_by_hash
 
 FOLDER = "SUN397"
@@ -225,21 +214,15 @@ def build(task: TaskSpec, req: DataRequest) -> FileClassification:
         keep = sorted({position[r] for k in SPLIT_LISTS[req.split] for r in cache[tfds[k]] if r in position})
     else:
         counts = np.bincount(labels, minlength=len(CLASS_NAMES))
-        train = split_by_hash(rels, labels, proportional_quotas(counts, TRAIN_FRACTION), task.name)
-        keep = np.flatnonzero(train if req.split == "train" else ~train).tolist()
+        keep = split_by_hash(rels, labels, proportional_quotas(counts, TRAIN_FRACTION), task.name, req.split)
     problems.raise_if_any()
     items = [(base / rels[i].lstrip("/"), int(labels[i])) for i in keep]
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-SUN397_CLS = register_task(TaskSpec(
-    name="sun397_cls", paper_name="SUN Scene Cls.", output="image", nature="semantic", head="linear", loss="ce",
-    metric="top1", dataset=build, num_outputs=len(CLASS_NAMES), class_names=CLASS_NAMES, epochs=250,
-    suite="paper", train_size=87_003,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    default_resolution=IMAGE_SIZE, layout=LAYOUT,
+SUN397_CLS = register_task(image_task(
+    name="sun397_cls", paper_name="SUN Scene Cls.", nature="semantic", dataset=build, class_names=CLASS_NAMES,
+    epochs=250, train_size=87_003, layout=LAYOUT,
     description="397 scene classes; train = VTAB's 87,003 (TFDS lists) or a stratified 80%; resized to "
                 "224 x 224 without keeping the aspect ratio",
 ))

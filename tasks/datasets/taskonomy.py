@@ -27,8 +27,8 @@ import torch
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from .base import IMAGE_SIZE, Problems, apply_limit, list_dirs, list_files, load_image, task_folder
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
+from .base import IMAGE_RESIZE, Problems, list_dirs, list_files, task_folder
 from .pixelwise import PixelSplit, depth_sample
 from .png16 import read_png16
 
@@ -67,23 +67,9 @@ def read_depth(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TaskonomyDepthSplit(PixelSplit):
+    """(rgb, z-buffer) pairs."""
+
     kind = "depth"
-
-    def __init__(self, task: TaskSpec, req: DataRequest, items: list[tuple[Path, Path]], problems: Problems):
-        super().__init__(task, req, problems)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def where(self, i: int) -> str:
-        return str(self.items[i][0])
-
-    def decode_image(self, i: int) -> torch.Tensor:
-        return load_image(self.items[i][0], None)
-
-    def sized_files(self, i: int) -> tuple[Path, Path]:
-        return self.items[i]
 
     def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return read_depth(self.items[i][1])
@@ -116,15 +102,14 @@ def build(task: TaskSpec, req: DataRequest) -> TaskonomyDepthSplit:
                            f"(sha256(name) mod 10 in {list(SPLIT_BUCKETS[req.split])}); more buildings are needed")
     items = [pair for b in mine for pair in list_building(root / b, problems)]
     problems.raise_if_any()
-    return TaskonomyDepthSplit(task, req, apply_limit(items, req), problems)
+    return TaskonomyDepthSplit(task, req, items, problems)
 
 
 TASKONOMY_DEPTH = register_task(TaskSpec(
     name="taskonomy_depth", paper_name="Taskonomy Depth", output="pixel", nature="structural", head="unet",
     loss="l1", metric="neg_l1", dataset=build, num_outputs=1, epochs=50, suite="paper", train_size=39_995,
     splits=SplitSpec("train", "val", "test"),
-    train_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)),
-    eval_transform=TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE)), layout=LAYOUT, extra={"depth_unit": "m"},
+    train_transform=IMAGE_RESIZE, eval_transform=IMAGE_RESIZE, layout=LAYOUT, extra={"depth_unit": "m"},
     description="z-buffer depth in metres (16-bit PNG / 512, 65535 masked), L1 on valid pixels; split by building "
                 "(hash of the name); 224 x 224 as the paper; --resolution R resizes to R x R",
 ))

@@ -36,28 +36,33 @@ from PIL import Image
 from harness.common.errors import HarnessError
 
 from ..registry import register_task
-from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec, TransformSpec
-from ..transforms import apply_transform
+from ..spec import DataLayout, DataRequest, SplitSpec, TaskSpec
 from .base import (
+    IMAGE_RESIZE,
     IMAGE_SIZE,
     FileClassification,
     Problems,
-    TaskDataset,
-    apply_limit,
-    image_size,
+    image_task,
     list_dirs,
     list_names,
-    load_image,
     require,
-    size_mismatch,
     task_folder,
 )
-from .pets import sample_seed, transform_for
+from .pixelwise import PixelSplit
 
 NUM_STEPS_CLASSES: tuple[str, ...] = ("0", "1", "2", "3", "4")
 ACTIONS: tuple[str, ...] = ("MoveAhead", "RotateLeft", "RotateRight", "LookUp", "LookDown")
 DEPTH_UNIT = "relative"  # grey level / 255; no metric scale is published for the release
 RELEASES = "https://github.com/allenai/ViRB (README, dataset table)"
+TRAIN_SIZE = 60_000  # the paper's train size of each of the three
+CARVED = "test = the release's val split (its size is not published); val = 10% of train carved with the run's seed"
+
+
+def release_layout(folder: str, zip_name: str, tree: str, notes: str) -> DataLayout:
+    """One of the three releases as ``harness data layout`` shows it (each holds the paper's 60,000 train
+    samples; the sizes of the other splits are not published)."""
+    return DataLayout(folder=folder, tree=tree, counts={"train": TRAIN_SIZE}, notes=notes,
+                      url=f"https://prior-datasets.s3.us-east-2.amazonaws.com/ViRB/{zip_name} ({RELEASES})")
 
 
 class FolderIndex:
@@ -102,9 +107,6 @@ def _split(task: TaskSpec, req: DataRequest, known: tuple[str, ...]) -> None:
         raise HarnessError(f"task {task.name}: unknown split {req.split!r} (the release has {' and '.join(known)})")
 
 
-_RESIZE = TransformSpec(resize=(IMAGE_SIZE, IMAGE_SIZE))
-
-
 # ------------------------------------------------------------------------------ thor_num_steps
 
 def build_num_steps(task: TaskSpec, req: DataRequest) -> FileClassification:
@@ -130,26 +132,18 @@ def build_num_steps(task: TaskSpec, req: DataRequest) -> FileClassification:
                 problems.add(split_dir / scene / name, f"has no label line in {labels_path.name}")
     problems.raise_if_any()
     items.sort(key=lambda it: str(it[0]))
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-THOR_NUM_STEPS = register_task(TaskSpec(
-    name="thor_num_steps", paper_name="THOR Num. Steps", output="image", nature="structural", head="linear",
-    loss="ce", metric="top1", dataset=build_num_steps, num_outputs=len(NUM_STEPS_CLASSES),
-    class_names=NUM_STEPS_CLASSES, epochs=100, suite="paper", train_size=60_000,
-    splits=SplitSpec("train", None, "val", val_fraction=0.1), train_transform=_RESIZE, eval_transform=_RESIZE,
-    default_resolution=IMAGE_SIZE,
-    layout=DataLayout(
-        folder="thor_num_steps",
-        tree="""thor_num_steps/
+THOR_NUM_STEPS = register_task(image_task(
+    name="thor_num_steps", paper_name="THOR Num. Steps", nature="structural", dataset=build_num_steps,
+    num_outputs=len(NUM_STEPS_CLASSES), class_names=NUM_STEPS_CLASSES, epochs=100, train_size=TRAIN_SIZE,
+    splits=SplitSpec("train", None, "val", val_fraction=0.1),
+    layout=release_layout("thor_num_steps", "thor_num_steps.zip", """thor_num_steps/
   train_labels.txt                 (lines: train/<scene>/<id> <steps 0..4>)
   val_labels.txt                   (lines: val/<scene>/<id> <steps 0..4>)
   train/<scene>/<id>_rgb.jpg
-  val/<scene>/<id>_rgb.jpg""",
-        url=f"https://prior-datasets.s3.us-east-2.amazonaws.com/ViRB/thor_num_steps.zip ({RELEASES})",
-        counts={"train": 60_000},
-        notes="test = the release's val split (its size is not published); val = 10% of train carved with the "
-              "run's seed (stratified)"),
+  val/<scene>/<id>_rgb.jpg""", f"{CARVED} (stratified)"),
     description="forward steps of 0.25 m the agent can take (0..4) from one frame; resized to 224 x 224",
 ))
 
@@ -186,25 +180,18 @@ def build_egomotion(task: TaskSpec, req: DataRequest) -> FileClassification:
                 problems.add(folder / fname, f"has no label line in {labels_path.name} or {other_path.name}")
     problems.raise_if_any()
     items.sort(key=lambda it: str(it[0][0]))
-    return FileClassification(apply_limit(items, req), image_size(task, req), problems)
+    return FileClassification(task, req, items, problems)
 
 
-THOR_EGOMOTION = register_task(TaskSpec(
-    name="thor_egomotion", paper_name="THOR Egomotion", output="image", nature="structural", head="fusion",
-    loss="ce", metric="top1", dataset=build_egomotion, num_outputs=len(ACTIONS), class_names=ACTIONS, frames=2,
-    epochs=100, suite="paper", train_size=60_000, splits=SplitSpec("train", None, "val", val_fraction=0.1),
-    train_transform=_RESIZE, eval_transform=_RESIZE, default_resolution=IMAGE_SIZE,
-    layout=DataLayout(
-        folder="thor_action_prediction",
-        tree="""thor_action_prediction/
+THOR_EGOMOTION = register_task(image_task(
+    name="thor_egomotion", paper_name="THOR Egomotion", nature="structural", head="fusion", dataset=build_egomotion,
+    num_outputs=len(ACTIONS), class_names=ACTIONS, frames=2, epochs=100, train_size=TRAIN_SIZE,
+    splits=SplitSpec("train", None, "val", val_fraction=0.1),
+    layout=release_layout("thor_action_prediction", "thor_egomotion.zip", """thor_action_prediction/
   train_labels.txt                 (lines: <name> <Action>; Action in MoveAhead RotateLeft RotateRight LookUp LookDown)
   val_labels.txt
   <name>_rgb_a.jpg                 (frame before the action; <name> may contain folders)
-  <name>_rgb_b.jpg                 (frame after it)""",
-        url=f"https://prior-datasets.s3.us-east-2.amazonaws.com/ViRB/thor_egomotion.zip ({RELEASES})",
-        counts={"train": 60_000},
-        notes="test = the release's val split (its size is not published); val = 10% of train carved with the "
-              "run's seed (stratified)"),
+  <name>_rgb_b.jpg                 (frame after it)""", f"{CARVED} (stratified)"),
     description="the agent's action between two frames (a, b), 5 classes; both frames resized to 224 x 224",
 ))
 
@@ -222,35 +209,14 @@ def read_depth(path: Path) -> np.ndarray:
     return grey / 255.0
 
 
-class ThorDepthSplit(TaskDataset):
-    """RGB frame + relative depth, decoded at native size, sized by ``apply_transform`` (depth:
-    masked bilinear)."""
+class ThorDepthSplit(PixelSplit):
+    """(frame, depth JPEG) pairs; relative depth, every pixel valid (no grey level means "no depth")."""
 
-    decodes_files = True
+    kind = "depth"
 
-    def __init__(self, pairs: list[tuple[Path, Path]], transform: TransformSpec, req: DataRequest,
-                 problems: Problems):
-        self.pairs, self.transform, self.req = pairs, transform, req
-        self.problems = problems.items
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def native_target(self, i: int) -> tuple[np.ndarray, None]:
-        return read_depth(self.pairs[i][1]), None
-
-    def sized_files(self, i: int) -> tuple[Path, Path]:
-        return self.pairs[i]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rgb, depth_path = self.pairs[i]
-        image = load_image(rgb, None)
-        depth = torch.from_numpy(read_depth(depth_path))
-        if tuple(image.shape[-2:]) != tuple(depth.shape):
-            raise HarnessError(self.size_problem(i) or size_mismatch(
-                depth_path, (depth.shape[1], depth.shape[0]), rgb, (image.shape[2], image.shape[1])))
-        sample = {"image": image, "target": depth[None], "valid": torch.ones(depth.shape, dtype=torch.bool)}
-        return apply_transform(sample, self.transform, "depth", sample_seed(self.req, i))
+    def decode_target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        depth = torch.from_numpy(read_depth(self.items[i][1]))
+        return depth[None], torch.ones(depth.shape, dtype=torch.bool)
 
 
 def build_depth(task: TaskSpec, req: DataRequest) -> ThorDepthSplit:
@@ -270,25 +236,21 @@ def build_depth(task: TaskSpec, req: DataRequest) -> ThorDepthSplit:
             problems.add(folder / f"{i}_rgb.jpg", f"missing: no frame for {folder / f'{i}_depth.jpg'}")
         pairs += [(folder / f"{i}_rgb.jpg", folder / f"{i}_depth.jpg") for i in sorted(rgb & depth)]
     problems.raise_if_any()
-    return ThorDepthSplit(apply_limit(pairs, req), transform_for(task, req), req, problems)
+    return ThorDepthSplit(task, req, pairs, problems)
 
 
 THOR_DEPTH = register_task(TaskSpec(
     name="thor_depth", paper_name="THOR Depth", output="pixel", nature="structural", head="unet", loss="l1",
-    metric="neg_l1", dataset=build_depth, num_outputs=1, epochs=50, batch_size=32, suite="paper", train_size=60_000,
-    splits=SplitSpec("train", None, "test", val_fraction=0.1), train_transform=_RESIZE, eval_transform=_RESIZE,
-    default_resolution=IMAGE_SIZE, extra={"depth_unit": DEPTH_UNIT},
-    layout=DataLayout(
-        folder="thor_depth_prediction",
-        tree="""thor_depth_prediction/
+    metric="neg_l1", dataset=build_depth, num_outputs=1, epochs=50, batch_size=32, suite="paper",
+    train_size=TRAIN_SIZE, splits=SplitSpec("train", None, "test", val_fraction=0.1), train_transform=IMAGE_RESIZE,
+    eval_transform=IMAGE_RESIZE, default_resolution=IMAGE_SIZE, extra={"depth_unit": DEPTH_UNIT},
+    layout=release_layout("thor_depth_prediction", "thor_depth.zip", """thor_depth_prediction/
   train/<scene>/<id>_rgb.jpg
   train/<scene>/<id>_depth.jpg     (8-bit greyscale JPEG; depth = grey level / 255, relative, no metric scale)
   test/<scene>/<id>_rgb.jpg
-  test/<scene>/<id>_depth.jpg""",
-        url=f"https://prior-datasets.s3.us-east-2.amazonaws.com/ViRB/thor_depth.zip ({RELEASES})",
-        counts={"train": 60_000},
-        notes="depth unit: relative (grey level / 255), every pixel valid; test = the release's test split (its size "
-              "is not published); val = 10% of train carved with the run's seed"),
+  test/<scene>/<id>_depth.jpg""", "depth unit: relative (grey level / 255), every pixel valid; test = the release's "
+                                  "test split (its size is not published); val = 10% of train carved with the run's "
+                                  "seed"),
     description="per-pixel relative depth (8-bit grey level / 255) from one frame; frame and depth resized to "
                 "224 x 224 (depth by masked bilinear)",
 ))

@@ -1,4 +1,4 @@
-"""The synthetic suite: a procedural 3D world with exact ground truth (spec/synthetic.md).
+"""The synthetic suite: a procedural 3D world with exact ground truth (README.md, "The synthetic suite").
 
 ``corpus`` is the public way in for other packages (pretraining reads its images from here);
 the store's file layout stays this package's business.

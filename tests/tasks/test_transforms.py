@@ -197,3 +197,56 @@ def test_synthetic_tasks_apply_a_random_train_transform_when_one_is_declared():
         img, full = a[i]["image"], whole[i]["image"]
         windows = full.unfold(1, 24, 1).unfold(2, 24, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 24, 24)
         assert any(torch.equal(img, w) or torch.equal(img.flip(-1), w) for w in windows)
+
+
+def test_image_level_loaders_apply_a_declared_crop_and_flip(tmp_path):
+    """Issue 41: a real image-level task applies every part of its TransformSpec through the same path as
+    the pixelwise ones: a declared crop and flip are applied (not silently dropped), seeded per copy, and
+    the label is unchanged."""
+    from dataclasses import replace
+
+    from tasks import get_task
+    from tasks.spec import DataRequest
+
+    from .datasets.fixtures_a import write_dtd
+
+    write_dtd(tmp_path, {"train": {"banded": 2, "zigzagged": 1}, "val": {}, "test": {"banded": 1}})
+    task = replace(get_task("dtd_cls"), train_transform=TransformSpec(resize=(16, 16), crop=(8, 8), hflip=True),
+                   eval_transform=TransformSpec(resize=(16, 16)))
+
+    def build(train: bool, copy: int = 0):
+        return task.dataset(task, DataRequest("train", tmp_path, None, None, train, copy, 0))
+
+    whole = build(False)
+    flips = set()
+    for i in range(len(whole)):
+        full = whole[i]["image"]
+        assert full.shape == (3, 16, 16)
+        windows = full.unfold(1, 8, 1).unfold(2, 8, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 8, 8)
+        for copy in range(6):
+            s = build(True, copy)[i]
+            assert torch.equal(s["image"], build(True, copy)[i]["image"])  # copy k is the same every time
+            assert s["image"].shape == (3, 8, 8) and torch.equal(s["target"], whole[i]["target"])
+            plain = [torch.equal(s["image"], w) for w in windows]
+            mirrored = [torch.equal(s["image"].flip(-1), w) for w in windows]
+            assert any(plain) or any(mirrored)
+            flips.add(any(mirrored) and not any(plain))
+    assert flips == {True, False}  # some copies flipped, some not
+
+
+def test_resolution_resizes_every_split_and_drops_crop_and_scale_keeping_flip():
+    """``--resolution R`` is one rule for every loader (it used to be two): R x R, train and eval, the crop
+    and random scale dropped (a 513 px crop means nothing at 32 px), the flip kept; the train split's seed
+    is the run's and copy's, evaluation has none."""
+    from tasks import get_task
+    from tasks.spec import DataRequest
+    from tasks.transforms import split_seed, split_transform
+
+    task = get_task("cityscapes_seg")
+    assert task.train_transform.crop == (513, 513) and task.train_transform.scale and task.train_transform.hflip
+    train = DataRequest("train", None, 32, None, True, 3, 7)
+    assert split_transform(task, train) == TransformSpec(resize=(32, 32), hflip=True)
+    assert split_transform(task, DataRequest("val", None, 32, None, False)) == TransformSpec(resize=(32, 32))
+    assert split_transform(task, DataRequest("train", None, None, None, True)) == task.train_transform
+    assert split_seed(train, 5) == transform_seed(7, 3, 5)
+    assert split_seed(DataRequest("val", None, 32, None, False), 5) is None

@@ -32,6 +32,13 @@ def eval_fails_naming(task: str, root: Path, out: Path, needle: str) -> str:
     return lines[0]
 
 
+def fails_naming(task: str, root: Path, needle: str) -> dict:
+    """A broken fixture fails ``data check`` and ``eval`` alike, each naming ``needle``; the check document."""
+    doc = check_fails_naming(task, root, needle)
+    eval_fails_naming(task, root, root / "eval-out", needle)
+    return doc
+
+
 @functools.lru_cache(maxsize=1)
 def _tasks_json() -> str:
     proc = harness("tasks", "--json")

@@ -4,7 +4,8 @@ with the built-in 30-per-class split and with the reference's JSON lists."""
 from tasks.datasets.caltech import CLASS_NAMES
 
 from .fixtures_a import write_caltech
-from .util import assert_tiny_split_runs, data_check, eval_record, harness
+from .fixtures_b import eval_fails_naming
+from .util import assert_tiny_split_runs, check_ok, data_check, eval_record
 
 # 3 of the 102 folders (BACKGROUND_Google counted); 30 of each class are train.
 COUNTS = {"BACKGROUND_Google": 32, "Faces": 31, "yin_yang": 33}
@@ -21,9 +22,7 @@ def test_class_map_is_the_release_folders_sorted():
 
 def test_data_check_counts_and_histogram(tmp_path):
     write_caltech(tmp_path, COUNTS)
-    rc, doc, err = data_check("caltech_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("caltech_cls", tmp_path)
     train, test = doc["splits"]["train"], doc["splits"]["test"]
     assert (train["n"], test["n"]) == (90, 6) and (train["expected"], test["expected"]) == (3_060, 6_084)
     assert train["labels"]["classes"] == 102
@@ -65,11 +64,7 @@ def test_a_deleted_image_is_named(tmp_path):
     assert any(p.startswith(f"{missing}: missing") for p in doc["problems"])
     # Faces now has 30 images, too few for 30 train + a test image: also said
     assert any(p.startswith(f"{base / 'Faces'}: 30 images") for p in doc["problems"])
-    proc = harness("eval", "--encoder", "resnet18", "--task", "caltech_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "image_0017.jpg: missing" in lines[0]
+    eval_fails_naming("caltech_cls", tmp_path, tmp_path / "out", "image_0017.jpg: missing")
 
 
 def test_tiny_split_one_listed_train_image_per_class_runs(tmp_path):

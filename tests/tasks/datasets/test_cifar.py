@@ -16,7 +16,8 @@ from tasks.datasets.cifar import (
     superclass_problems,
 )
 
-from .util import assert_tiny_split_runs, data_check, eval_record, harness
+from .fixtures_b import eval_fails_naming
+from .util import assert_tiny_split_runs, check_ok, data_check, eval_record, harness
 
 N = {"train": 60, "test": 20}
 
@@ -62,9 +63,8 @@ RELEASE_COARSE_OF_FINE = [
 
 def test_data_check_counts_and_histogram(tmp_path):
     labels = write_cifar(tmp_path)
-    rc, doc, err = data_check("cifar100_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == [] and doc["root"] == str(tmp_path / "cifar-100-python")
+    doc = check_ok("cifar100_cls", tmp_path)
+    assert doc["root"] == str(tmp_path / "cifar-100-python")
     for split in ("train", "test"):
         entry = doc["splits"][split]
         assert entry["n"] == N[split] and entry["expected"] == {"train": 50_000, "test": 10_000}[split]
@@ -91,11 +91,7 @@ def test_a_missing_label_is_a_problem_naming_the_file(tmp_path):
     assert rc == 1 and not doc["ok"]
     assert any(p.startswith(str(tmp_path / "cifar-100-python" / "train")) and "do not pair up" in p
                for p in doc["problems"])
-    proc = harness("eval", "--encoder", "resnet18", "--task", "cifar100_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "do not pair up" in lines[0]
+    eval_fails_naming("cifar100_cls", tmp_path, tmp_path / "out", "do not pair up")
 
 
 def test_empty_data_root_names_the_folder_and_the_layout_command(tmp_path):
@@ -156,9 +152,8 @@ def test_superclass_table_is_the_release_grouping():
 
 def test_coarse_data_check_counts_superclasses(tmp_path):
     labels = write_cifar(tmp_path)
-    rc, doc, err = data_check("cifar100_coarse_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == [] and doc["root"] == str(tmp_path / "cifar-100-python")
+    doc = check_ok("cifar100_coarse_cls", tmp_path)
+    assert doc["root"] == str(tmp_path / "cifar-100-python")
     for split in ("train", "test"):
         entry = doc["splits"][split]
         assert entry["n"] == N[split] and entry["labels"]["classes"] == 20
@@ -180,11 +175,8 @@ def test_a_fine_class_under_two_superclasses_is_one_line_naming_both(tmp_path):
         f"{root}: fine class 'bear' (3) is under 2 superclasses: 'fish' (test 1); 'large_carnivores' (train "
         f"{n_bear['train']}, test {n_bear['test'] - 1}); a fine class belongs to one superclass (the release's: "
         f"'large_carnivores')"]
-    proc = harness("eval", "--encoder", "resnet18", "--task", "cifar100_coarse_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "fine class 'bear' (3) is under 2 superclasses" in lines[0], proc.stderr[-2000:]
+    eval_fails_naming("cifar100_coarse_cls", tmp_path, tmp_path / "out",
+                      "fine class 'bear' (3) is under 2 superclasses")
     assert data_check("cifar100_cls", tmp_path)[0] == 0
 
 

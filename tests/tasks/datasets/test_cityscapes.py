@@ -6,15 +6,16 @@ import torch
 from torchvision.datasets import Cityscapes
 
 from harness.common.errors import HarnessError
-from tasks.datasets import cityscapes
+from tasks.datasets import pixelwise
 from tasks.datasets.base import DataMissing, resolve_data_root
 from tasks.datasets.check import check_task
 from tasks.datasets.cityscapes import CLASS_NAMES, LABEL_TO_TRAIN, label_to_train, read_label_ids
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
+from .fixtures_b import eval_fails_naming
 from .fixtures_pix import write_grey8, write_rgb
-from .util import data_check, eval_proc, eval_record, harness
+from .util import check_ok, data_check, eval_proc, eval_record
 
 H, W = 40, 56
 CITIES = {"train": {"aachen": 2, "bremen": 2}, "val": {"lindau": 2}}
@@ -55,9 +56,7 @@ def test_label_table_is_the_official_one():
 
 def test_data_check_reports_the_known_trainid_shares(tmp_path):
     write_cityscapes(tmp_path)
-    rc, doc, err = data_check("cityscapes_seg", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("cityscapes_seg", tmp_path)
     assert {s: doc["splits"][s]["n"] for s in ("train", "val")} == {"train": 4, "val": 2}
     assert doc["splits"]["train"]["expected"] == 2_975 and doc["splits"]["val"]["expected"] == 500
     for split in ("train", "val"):
@@ -100,11 +99,7 @@ def test_a_deleted_label_is_a_problem_naming_it(tmp_path):
     assert rc == 1 and not doc["ok"]
     assert any(p.startswith(str(gone)) and "missing" in p for p in doc["problems"])
     assert doc["splits"]["train"]["n"] == 3  # the other pairs are unaffected, nothing shifted
-    proc = harness("eval", "--encoder", "resnet18", "--task", "cityscapes_seg", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and str(gone) in lines[0]
+    eval_fails_naming("cityscapes_seg", tmp_path, tmp_path / "out", str(gone))
 
 
 def test_missing_folder_names_it_and_the_layout_command(tmp_path):
@@ -132,7 +127,7 @@ def test_a_label_map_of_another_size_fails_check_from_headers_as_eval_refuses_it
     def no_decoding(*args, **kwargs):
         raise AssertionError("data check decoded an image to learn its size")
 
-    monkeypatch.setattr(cityscapes, "load_image", no_decoding)
+    monkeypatch.setattr(pixelwise, "load_image", no_decoding)  # what every pixel split decodes with
     assert problem in check_task(get_task("cityscapes_seg"), tmp_path)["problems"]
     monkeypatch.undo()
     proc = eval_proc("cityscapes_seg", tmp_path, tmp_path / "out")

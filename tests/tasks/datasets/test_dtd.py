@@ -3,7 +3,8 @@
 from tasks.datasets.dtd import CLASS_NAMES
 
 from .fixtures_a import write_dtd
-from .util import data_check, eval_record, harness
+from .fixtures_b import eval_fails_naming
+from .util import check_ok, data_check, eval_record
 
 # Per label file, images per class; "woven" appears in test1 only (its index must not depend on that).
 SPLITS = {"train": {"banded": 3, "zigzagged": 2, "polka-dotted": 1},
@@ -17,9 +18,7 @@ def _hist(per_class: dict[str, int]) -> dict[str, int]:
 
 def test_data_check_counts_and_histogram(tmp_path):
     write_dtd(tmp_path, SPLITS)
-    rc, doc, err = data_check("dtd_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("dtd_cls", tmp_path)
     train, test = doc["splits"]["train"], doc["splits"]["test"]
     assert (train["n"], test["n"]) == (11, 7) and (train["expected"], test["expected"]) == (3_760, 1_880)
     assert train["labels"]["classes"] == 47 and len(CLASS_NAMES) == 47
@@ -47,11 +46,7 @@ def test_a_deleted_image_and_a_bad_line_are_named(tmp_path):
     assert rc == 1 and not doc["ok"]
     assert f"{gone}: listed in labels/val1.txt but missing" in doc["problems"]
     assert any("'plaid' is not a DTD class" in p for p in doc["problems"])
-    proc = harness("eval", "--encoder", "resnet18", "--task", "dtd_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "zigzagged_0003.jpg: listed in labels/val1.txt but missing" in lines[0]
+    eval_fails_naming("dtd_cls", tmp_path, tmp_path / "out", f"{gone.name}: listed in labels/val1.txt but missing")
 
 
 def test_a_missing_label_file_names_it(tmp_path):

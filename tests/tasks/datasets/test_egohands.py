@@ -12,8 +12,9 @@ from tasks.datasets.egohands import HANDS, SPLIT_VIDEOS, rasterise, read_polygon
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
+from .fixtures_b import eval_fails_naming
 from .fixtures_pix import write_rgb
-from .util import data_check, eval_record, harness
+from .util import check_ok, data_check, eval_record
 
 H, W = 24, 40
 FRAMES = ("frame_0011.jpg", "frame_0036.jpg", "frame_0099.jpg")  # frame numbers of the video, not 1..3
@@ -95,9 +96,7 @@ def test_polygons_rasterise_to_known_masks(tmp_path):
 
 def test_data_check_reports_the_known_hand_shares(tmp_path):
     write_egohands(tmp_path)
-    rc, doc, err = data_check("egohands_seg", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("egohands_seg", tmp_path)
     assert {s: e["n"] for s, e in doc["splits"].items()} == {"train": 6, "val": 3, "test": 3}
     assert doc["splits"]["train"]["expected"] == 3_600
     total = 3 * H * W
@@ -152,11 +151,7 @@ def test_a_deleted_frame_or_polygons_file_is_a_problem_naming_it(tmp_path):
     assert any(p.startswith(str(gone)) and "missing" in p for p in ds.problems)
     mismatch = str(samples / "JENGA_OFFICE_B_S" / "polygons.mat")
     assert any(p.startswith(mismatch) and "3 labelled frames" in p and "2 frame_NNNN.jpg" in p for p in ds.problems)
-    proc = harness("eval", "--encoder", "resnet18", "--task", "egohands_seg", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu", "--epochs", "1", "--grid", "single")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "polygons.mat" in lines[0]
+    eval_fails_naming("egohands_seg", tmp_path, tmp_path / "out", "polygons.mat")
 
 
 def test_a_frame_of_another_size_than_its_videos_masks_fails_check_and_a_nan_vertex_is_refused(tmp_path):
@@ -171,7 +166,7 @@ def test_a_frame_of_another_size_than_its_videos_masks_fails_check_and_a_nan_ver
     task = get_task("egohands_seg")
     ds = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
     with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
-        ds.native([p[0] for p in ds.items].index(odd))
+        ds.decode([p[0] for p in ds.items].index(odd))
     broken = frame_polygons()
     broken[2]["myright"][1, 0] = np.nan
     write_polygons(tmp_path / "p.mat", broken)

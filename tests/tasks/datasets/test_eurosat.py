@@ -6,7 +6,8 @@ from tasks.datasets.eurosat import CLASS_NAMES, RELEASE_COUNTS
 from tasks.datasets.paper_split import proportional_quotas
 
 from .fixtures_a import write_eurosat
-from .util import data_check, eval_record, harness
+from .fixtures_b import eval_fails_naming
+from .util import check_ok, data_check, eval_record
 
 # 3 of the 10 classes present; 80% of each is train: 4 + 4 + 8 = 16 of 20.
 COUNTS = {"AnnualCrop": 5, "Forest": 5, "Pasture": 10}
@@ -29,9 +30,7 @@ def test_the_paper_split_sizes_on_the_full_release():
 
 def test_data_check_counts_and_histogram(tmp_path):
     write_eurosat(tmp_path, COUNTS)
-    rc, doc, err = data_check("eurosat_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("eurosat_cls", tmp_path)
     train, test = doc["splits"]["train"], doc["splits"]["test"]
     assert (train["n"], test["n"]) == (16, 4)
     assert (train["expected"], test["expected"]) == (21_600, 5_400)
@@ -59,8 +58,5 @@ def test_a_deleted_image_is_named(tmp_path):
     assert rc == 1 and not doc["ok"]
     assert any(p.startswith(f"{base / 'Forest' / 'Forest_2.jpg'}: missing") for p in doc["problems"])
     assert any(p.startswith(f"{base / 'Lava'}: not a EuroSAT class") for p in doc["problems"])
-    proc = harness("eval", "--encoder", "resnet18", "--task", "eurosat_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Lava: not a EuroSAT class" in lines[0] and "(and 1 more)" in lines[0]
+    line = eval_fails_naming("eurosat_cls", tmp_path, tmp_path / "out", "Lava: not a EuroSAT class")
+    assert "(and 1 more)" in line

@@ -9,7 +9,7 @@ import pytest
 from tasks.datasets.imagenet import WNIDS
 
 from .fixtures_a import write_imagenet, write_imagenetv2
-from .util import data_check, harness
+from .util import check_ok, data_check, harness
 
 # 3 of the 1000 classes: their indices come from the full sorted WNID list, not from the folders.
 A, B, C = "n01440764", "n02102040", "n15075141"  # indices 0, 217, 999
@@ -39,9 +39,7 @@ def test_class_indices_are_the_sorted_wnids():
 
 def test_data_check_with_val_in_class_folders(tmp_path):
     write_imagenet(tmp_path, TRAIN, val=VAL)
-    rc, doc, err = data_check("imagenet_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("imagenet_cls", tmp_path)
     assert set(doc["splits"]) == {"train", "val"}
     train, val = doc["splits"]["train"], doc["splits"]["val"]
     assert (train["n"], val["n"]) == (12, 5) and (train["expected"], val["expected"]) == (1_281_167, 50_000)

@@ -12,8 +12,9 @@ from tasks.datasets.png16 import read_png16
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
+from .fixtures_b import eval_fails_naming
 from .fixtures_pix import write_grey8, write_png16, write_rgb
-from .util import assert_split_too_small, assert_tiny_split_runs, data_check, eval_record, harness
+from .util import assert_split_too_small, assert_tiny_split_runs, check_ok, data_check, eval_record, harness
 
 H, W = 24, 40
 N = 10  # ids 000000..000009: 9 train (first 90%), 1 test
@@ -58,9 +59,7 @@ def test_flow_png_keeps_16_bits_and_decodes_the_known_vector(tmp_path):
 
 def test_data_check_reports_the_known_flow(tmp_path):
     write_kitti(tmp_path)
-    rc, doc, err = data_check("kitti_flow", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("kitti_flow", tmp_path)
     assert doc["splits"]["train"]["n"] == 9 and doc["splits"]["test"]["n"] == 1
     assert doc["splits"]["train"]["expected"] == 180 and doc["splits"]["test"]["expected"] == 20
     for split in ("train", "test"):
@@ -102,11 +101,7 @@ def test_a_deleted_frame_is_a_problem_naming_it_and_moves_no_pair(tmp_path):
     ds = task.dataset(task, DataRequest("test", tmp_path, None, None, train=False, strict=False))
     assert [p[2].name for p in ds.items] == ["000009_10.png"]  # still the last id, not shifted
     assert any(p.startswith(str(gone)) and "missing" in p for p in ds.problems)
-    proc = harness("eval", "--encoder", "resnet18", "--task", "kitti_flow", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and str(gone) in lines[0]
+    eval_fails_naming("kitti_flow", tmp_path, tmp_path / "out", str(gone))
 
 
 def test_eval_at_native_size_with_pairs_of_two_sizes(tmp_path):
@@ -142,7 +137,7 @@ def test_frames_of_one_pair_in_two_sizes_fail_check_as_they_fail_eval(tmp_path):
     task = get_task("kitti_flow")
     train = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
     with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
-        train.native(4)
+        train.decode(4)
 
 
 def test_a_valid_flag_the_devkit_never_writes_is_refused_naming_file_and_value(tmp_path):

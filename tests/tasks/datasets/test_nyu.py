@@ -14,8 +14,9 @@ from tasks.datasets.nyu import NyuMat, split_indices
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
+from .fixtures_b import eval_fails_naming
 from .fixtures_pix import write_mat73, write_rgb
-from .util import data_check, eval_record, harness
+from .util import check_ok, data_check, eval_record, harness
 
 N, H, W = 10, 24, 32
 NAMES = ["wall", "floor", "ceiling", "rug", "floor mat", "chair"]  # ids 1..6
@@ -88,9 +89,7 @@ def test_mat_v73_is_read_with_axes_transposed(tmp_path):
 
 def test_data_check_reports_known_depth_and_walkable_share(tmp_path):
     write_nyu_mat(tmp_path)
-    rc, doc, err = data_check("nyu_depth", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("nyu_depth", tmp_path)
     assert {s: e["n"] for s, e in doc["splits"].items()} == {"train": 8, "test": 2}
     assert doc["splits"]["train"]["expected"] == 1_159 and doc["splits"]["test"]["expected"] == 290
     for entry in doc["splits"].values():
@@ -144,11 +143,7 @@ def test_a_deleted_export_depth_is_a_problem_naming_it(tmp_path):
     ds = task.dataset(task, DataRequest("train", tmp_path, None, None, train=True, strict=False))
     assert [p[0].name for p in ds.items] == ["0.png", "2.png"]
     assert any(p.startswith(str(gone)) and "missing" in p for p in ds.problems)
-    proc = harness("eval", "--encoder", "resnet18", "--task", "nyu_depth", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu", "--epochs", "1", "--grid", "single")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and str(gone) in lines[0]
+    eval_fails_naming("nyu_depth", tmp_path, tmp_path / "out", str(gone))
 
 
 def test_no_mat_and_no_export_names_the_file(tmp_path):

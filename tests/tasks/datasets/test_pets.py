@@ -12,8 +12,8 @@ from tasks.datasets.pets import BREEDS, IGNORE, read_trimap
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import assert_listed, check_fails_naming, eval_fails_naming, write_grey
-from .util import assert_tiny_split_runs, data_check, eval_record, write_image
+from .fixtures_b import assert_listed, check_fails_naming, fails_naming, write_grey
+from .util import assert_tiny_split_runs, check_ok, data_check, eval_record, write_image
 
 SIZE = 12  # square fixture images, so --resolution 12 leaves the trimap unresized
 # (class id 1-based, species) of three breeds: the first cat, a dog, the last breed
@@ -71,9 +71,8 @@ def test_tasks_are_listed_as_the_table():
 
 def test_data_check_pets_cls_histogram(tmp_path):
     write_pets(tmp_path)
-    rc, doc, err = data_check("pets_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == [] and doc["root"] == str(tmp_path / "oxford-iiit-pet")
+    doc = check_ok("pets_cls", tmp_path)
+    assert doc["root"] == str(tmp_path / "oxford-iiit-pet")
     assert set(doc["splits"]) == {"trainval", "test"}
     for split, counts in N.items():
         entry = doc["splits"][split]
@@ -107,7 +106,8 @@ def test_loader_target_maps_trimap_values(tmp_path):
         assert sample["image"].shape == (3, SIZE, SIZE) and sample["target"].dtype == torch.int64
         assert np.array_equal(sample["target"].numpy(), want), stems["test"][i]
         native, valid = ds.native_target(i)
-        assert np.array_equal(native, want) and valid is None
+        assert np.array_equal(native, want) and np.array_equal(valid, want != IGNORE)  # the border is no label
+        assert torch.equal(sample["valid"], sample["target"] != IGNORE)
     small = task.dataset(task, DataRequest("test", tmp_path, 6, None, train=False))[0]["target"]
     assert small.shape == (6, 6) and set(np.unique(small.numpy())) <= {0, 1, IGNORE}  # nearest: never blended
     assert (small[:2] == 0).all() and (small[2] == IGNORE).all()  # rows 0-3 background, 4-5 border, halved
@@ -135,9 +135,8 @@ def test_a_deleted_image_is_a_problem_naming_it(tmp_path):
     stems = write_pets(tmp_path)
     gone = tmp_path / "oxford-iiit-pet" / "images" / f"{stems['test'][2]}.jpg"
     gone.unlink()
-    doc = check_fails_naming("pets_cls", tmp_path, str(gone))
+    doc = fails_naming("pets_cls", tmp_path, str(gone))
     assert doc["splits"]["trainval"]["n"] == sum(N["trainval"].values())
-    eval_fails_naming("pets_cls", tmp_path, tmp_path / "out", str(gone))
 
 
 def test_a_deleted_trimap_is_a_problem_naming_it(tmp_path):

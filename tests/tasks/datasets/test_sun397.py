@@ -5,7 +5,8 @@ from tasks.datasets.paper_split import proportional_quotas
 from tasks.datasets.sun397 import CLASS_NAMES
 
 from .fixtures_a import write_sun397
-from .util import data_check, eval_record, harness
+from .fixtures_b import eval_fails_naming
+from .util import check_ok, data_check, eval_record
 
 # 0.8 x 15 = 12 train: floors 4 + 4 + 2 = 10, the 2 owed go to the largest remainders (0.8, 0.8).
 COUNTS = {"abbey": 6, "balcony/exterior": 6, "balcony/interior": 3}
@@ -25,9 +26,7 @@ def test_the_paper_count_on_the_full_release():
 
 def test_data_check_counts_and_histogram(tmp_path):
     write_sun397(tmp_path, COUNTS, list(CLASS_NAMES))
-    rc, doc, err = data_check("sun397_cls", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("sun397_cls", tmp_path)
     train, test = doc["splits"]["train"], doc["splits"]["test"]
     assert (train["n"], test["n"]) == (12, 3) and (train["expected"], test["expected"]) == (87_003, 21_751)
     assert train["labels"]["classes"] == 397
@@ -65,11 +64,7 @@ def test_a_deleted_image_a_stray_folder_and_a_wrong_class_list(tmp_path):
     assert rc == 1 and not doc["ok"]
     assert any(p == f"{gone}: listed in Partitions/Testing_01.txt but missing" for p in doc["problems"]), doc
     assert f"{base / 'b' / 'balcony' / 'attic'}: not a SUN397 class folder (see ClassName.txt)" in doc["problems"]
-    proc = harness("eval", "--encoder", "resnet18", "--task", "sun397_cls", "--data-root", str(tmp_path),
-                   "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "(and 1 more)" in lines[0]
+    eval_fails_naming("sun397_cls", tmp_path, tmp_path / "out", "(and 1 more)")
     # a class list that is not the release's is refused with its first difference
     (base / "ClassName.txt").write_text("/a/abbey\n/a/alley\n")
     rc, doc, _ = data_check("sun397_cls", tmp_path)

@@ -9,7 +9,7 @@ from tasks.registry import get_task
 from tasks.spec import DataRequest
 
 from .fixtures_pix import write_png16, write_rgb
-from .util import data_check, eval_record, harness
+from .util import check_ok, eval_record, harness
 
 H, W = 24, 32
 VIEWS = 3  # per building
@@ -61,9 +61,7 @@ def test_split_is_by_building_and_stable():
 
 def test_data_check_reports_the_known_depth(tmp_path):
     write_taskonomy(tmp_path)
-    rc, doc, err = data_check("taskonomy_depth", tmp_path)
-    assert rc == 0, err
-    assert doc["ok"] and doc["problems"] == []
+    doc = check_ok("taskonomy_depth", tmp_path)
     assert {s: e["n"] for s, e in doc["splits"].items()} == {"train": 2 * VIEWS, "val": VIEWS, "test": VIEWS}
     for entry in doc["splits"].values():
         lab = entry["labels"]

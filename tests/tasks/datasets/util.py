@@ -37,6 +37,14 @@ def data_check(task: str, data_root: Path, *extra: str) -> tuple[int, dict, str]
     return proc.returncode, doc, proc.stderr
 
 
+def check_ok(task: str, data_root: Path, *extra: str) -> dict:
+    """``data check --json`` of a complete fixture: exit 0, ok, no problems; the document."""
+    rc, doc, err = data_check(task, data_root, *extra)
+    assert rc == 0, err[-2000:]
+    assert doc["ok"] and doc["problems"] == [], doc.get("problems")
+    return doc
+
+
 def eval_record(task: str, data_root: Path, out: Path, *extra: str, cache: Path | None = None) -> dict:
     """`harness eval` end to end with a small random-init encoder at 32 px, one epoch, one config."""
     env = {"HARNESS_CACHE": str(cache)} if cache else None
