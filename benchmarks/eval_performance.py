@@ -1,4 +1,4 @@
-"""The four ratios of spec/performance.md for `harness eval`, measured side by side in one run.
+"""The four ratios of docs/performance.md for `harness eval`, measured side by side in one run.
 
 - encode efficiency = bare ``encoder(x)`` loop over the same preprocessed images / harness encode time (>= 0.9)
 - eval overhead     = total first-eval time / one bare encoder pass over train+val+test (<= 1.3, default grid)
@@ -29,7 +29,7 @@ from harness.common.atomic import write_json
 from harness.common.errors import UsageError
 from harness.common.paths import synthetic_dir
 from harness.features import EncodeSettings, autocast_for, loader, prepare
-from harness.runner import EvalOptions, _request, run_eval
+from harness.runner import EvalOptions, data_request, run_eval
 from harness.train import predict
 from heads import get_head
 from tasks import get_task
@@ -41,7 +41,7 @@ def preprocessed_batches(task, opts, batch_size):
     """The images of train (limited), val and test, preloaded: what a bare loop would consume."""
     out = []
     for split, train in ((task.splits.train, True), (task.splits.val, False), (task.splits.test, False)):
-        ds = task.dataset(task, _request(task, opts, split, train))
+        ds = task.dataset(task, data_request(task, opts, split, train))
         for b in loader(ds, batch_size, torch.device("cpu")):
             out.append(b["image"])
     return out
@@ -69,9 +69,9 @@ def reference_dense(task, opts, epochs, device) -> float:
     loss_fn = get_loss(task)
     opt = torch.optim.Adam(head.parameters(), lr=task.optim.lr)
     bs = opts.batch_size or task.batch_size
-    train = task.dataset(task, _request(task, opts, task.splits.train, True))
-    val = task.dataset(task, _request(task, opts, task.splits.val, False))
-    test = task.dataset(task, _request(task, opts, task.splits.test, False))
+    train = task.dataset(task, data_request(task, opts, task.splits.train, True))
+    val = task.dataset(task, data_request(task, opts, task.splits.val, False))
+    test = task.dataset(task, data_request(task, opts, task.splits.test, False))
     t0 = time.perf_counter()
     for _ in range(epochs):
         head.train()

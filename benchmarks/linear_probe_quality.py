@@ -1,4 +1,4 @@
-"""Linear probe quality (spec/performance.md): on the same encoded features, does the harness's
+"""Linear probe quality (docs/performance.md): on the same encoded features, does the harness's
 single-layer head reach scikit-learn's L-BFGS logistic regression with a tuned C (within 1
 point of test accuracy), in less time?
 
@@ -31,7 +31,7 @@ from encoders import create_encoder
 from harness.cache import FeatureKey
 from harness.common.atomic import write_json
 from harness.features import CacheStats, EncodeSettings, get_features
-from harness.runner import EvalOptions, _request, _train_val
+from harness.runner import EvalOptions, data_request, train_val_datasets
 from harness.train import evaluate, fit
 from heads import get_head
 from tasks import get_task
@@ -45,8 +45,8 @@ def encoded(encoder, task, opts, cache_root):
     taps = tuple(get_head(task.head).taps(task, encoder.taps))
     settings = EncodeSettings(device=torch.device("cpu"), batch_size=task.batch_size, cache_root=cache_root)
     stats = CacheStats()
-    trains, val_ds, _, _ = _train_val(task, opts, 1)
-    test_ds = task.dataset(task, _request(task, opts, task.splits.test, False))
+    trains, val_ds, _, _ = train_val_datasets(task, opts, 1)
+    test_ds = task.dataset(task, data_request(task, opts, task.splits.test, False))
     out = []
     for split, ds in (("train", trains[0]), ("val", val_ds), ("test", test_ds)):
         key = FeatureKey(encoder.fingerprint(), task.name, split, len(ds), "bench", taps, None, 0,

@@ -4,7 +4,9 @@ as queries) at initialisation and along the run, the per-epoch diagnostics (loss
 embedding, MoCo's positive / negative similarity, SwAV's prototype movement) and the wall time.
 
 Results merge into benchmarks/results/pretrain_learning.json (one entry per method; re-running a method
-replaces its entry) and the table between the markers in encoders/pretrain/README.md is rewritten.
+replaces its entry) and the table between the markers in encoders/pretrain/README.md is rewritten. The file holds
+only the entries behind that table; a variant tried on the way (``--set``, a stopped run) is written up in
+docs/pretraining-log.md, not kept there.
 
     PYTHONPATH=. python benchmarks/pretrain_learning.py                    # all five methods
     PYTHONPATH=. python benchmarks/pretrain_learning.py --method mocov2    # one
@@ -26,7 +28,7 @@ import torch
 from encoders.pretrain import get_method
 from encoders.pretrain.base import apply_overrides, make_backbone
 from encoders.pretrain.presets import get_preset
-from encoders.pretrain.train import PretrainOptions, _knn_data, fast_mixed_precision, knn_monitor, run_pretrain
+from encoders.pretrain.train import PretrainOptions, fast_mixed_precision, knn_monitor, knn_monitor_data, run_pretrain
 
 METHODS = ("simclr", "mocov2", "mocov1", "swav", "byol")
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +108,7 @@ def recheck(run: Path, bank: int, queries: int, device: torch.device | None = No
         init, _ = make_backbone(s["arch"], s["seed"])
     final, _ = make_backbone(s["arch"], s["seed"])
     final.load_state_dict({k[len("backbone."):]: v for k, v in state["method"].items() if k.startswith("backbone.")})
-    data = _knn_data(s["resolution"], bank, queries)
+    data = knn_monitor_data(s["resolution"], bank, queries)
     device = device or torch.device("cpu")
     a0, a1 = (knn_monitor(net.to(device), data, device, k=20) for net in (init, final))
     se = [(a * (1 - a) / queries) ** 0.5 for a in (a0, a1)]

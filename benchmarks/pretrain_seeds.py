@@ -139,17 +139,24 @@ def from_run(run: Path, checks: list[tuple[int, int]], load_note: str = "") -> d
 
 
 def retire(out: Path, methods: list[str], note: str, readme: bool) -> str:
-    """Move ``methods``' runs out of the summary into the file's ``superseded`` list, each with ``note``."""
+    """Drop ``methods``' runs from ``out`` (their preset's recipe changed: no current claim rests on them) and
+    rewrite the summary. Returns the rows of docs/pretraining-log.md's table of retired runs, ``note`` beneath
+    them, then the new summary table; the runs' full records stay in git's history of ``out``."""
     doc = json.loads(out.read_text())
     moved = [r for r in doc["runs"] if r["method"] in methods]
     if not moved:
         raise SystemExit(f"{out}: no runs of {', '.join(methods)} to retire")
     kept = [r for r in doc["runs"] if r["method"] not in methods]
-    doc["superseded"] = doc.get("superseded", []) + [{**r, "superseded_because": note} for r in moved]
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
-    return write(kept, out, doc.get("machine", {}), readme, doc.get("run_note"))
+    text = write(kept, out, doc.get("machine", {}), readme, doc.get("run_note"))
+    return "\n".join([*(retired_row(r) for r in moved), f"retired because: {note}", "", text])
+
+
+def retired_row(r: dict) -> str:
+    """One line of docs/pretraining-log.md's table of retired seed runs: name, method, where, seed, epochs, the
+    monitor's gain and each check's."""
+    gains = " | ".join(f"{c['gain_points']:+.1f}" for c in r["checks"])
+    return (f"| `{r['name']}` | {r['method']} | {where(r)} | {r['seed']} | {r['epochs']} | {r['gain_points']:+.1f} "
+            f"| {gains} |")
 
 
 def load_records(runs: Path) -> list[dict]:
@@ -161,8 +168,6 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
     old = json.loads(out.read_text()) if out.exists() else {}
     doc = {"summary": summary, "runs": records, "machine": machine,
            "run_note": run_note or old.get("run_note", ""),
-           # runs of recipes a preset no longer ships (--retire): kept as measured, out of the summary
-           "superseded": old.get("superseded", []),
            "note": "kNN: weighted k=20 on pooled features, synthetic train renders as the bank and val renders as "
                    "queries, labels synth shape_cls; each check compares the run's initial backbone (rebuilt from "
                    "its seed) with its final one on the same bank and queries",
@@ -230,8 +235,8 @@ def main() -> None:
                     help="add a finished `harness pretrain --preset small` run of this machine to --out (repeatable)")
     ap.add_argument("--load-note", default="", help="with --add-run: what else ran on the machine meanwhile")
     ap.add_argument("--retire", metavar="METHOD", action="append", default=[],
-                    help="move METHOD's runs in --out out of the summary into 'superseded' (its preset's recipe "
-                         "changed), with --retire-note saying why (repeatable)")
+                    help="drop METHOD's runs from --out (its preset's recipe changed), with --retire-note saying "
+                         "why; prints their rows for docs/pretraining-log.md (repeatable)")
     ap.add_argument("--retire-note", default="")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Pretraining step throughput against a bare forward+backward of the same encoder (spec/performance.md).
+"""Pretraining step throughput against a bare forward+backward of the same encoder (docs/performance.md).
 
 ratio = (images/s of a full training step: kornia augmentation + method loss + backward + optimiser step
 + momentum/queue bookkeeping) / (images/s of ``backbone(two views).sum().backward()`` on the same views).

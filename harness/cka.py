@@ -202,7 +202,7 @@ class CKAOptions:
 
 @dataclass
 class CKAResult:
-    """The JSON document of ``harness cka --json`` (spec/cli.md field names, more welcome)."""
+    """The JSON document of ``harness cka --json`` (docs/cli.md field names, more welcome)."""
 
     encoders: list[str]
     taps: dict[str, list[str]]

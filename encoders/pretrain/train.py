@@ -100,7 +100,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
-def _knn_data(resolution: int, bank: int, queries: int) -> dict[str, torch.Tensor]:
+def knn_monitor_data(resolution: int, bank: int, queries: int) -> dict[str, torch.Tensor]:
+    """What ``knn_monitor`` reads: ``bank`` synthetic train renders and ``queries`` val renders with their shape
+    labels (public: the pretraining benchmarks recheck runs on larger banks with it)."""
     from tasks.synthetic import corpus
 
     tr = corpus(bank, resolution)
@@ -437,7 +439,8 @@ def run_pretrain(o: PretrainOptions) -> dict:
     t0 = time.perf_counter()
     r = _setup(_apply_preset(o))
     _resume(r)
-    knn_data = _knn_data(r.resolution, o.knn_bank, o.knn_queries) if r.o.knn_every and r.world.is_main else None
+    knn_data = (knn_monitor_data(r.resolution, o.knn_bank, o.knn_queries) if r.o.knn_every and r.world.is_main
+                else None)
     if knn_data is not None and not r.history:
         acc = knn_monitor(r.method.backbone, knn_data, r.device, o.knn_k)
         r.history.append({"epoch": 0, "knn": acc})

@@ -1,4 +1,5 @@
-"""CKA estimators against a float64 numpy reference written from the formulas in spec/cka.md."""
+"""CKA estimators against a float64 numpy reference written from the published formulas (Kornblith et al.
+2019, Nguyen et al. 2021; harness/cka.py names them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Head parameter counts against the spec's ResNet-50 figures, output shapes, the frozen OS16 tap."""
+"""Head parameter counts against the ResNet-50 figures of docs/heads-and-taps.md, output shapes, the frozen OS16 tap."""
 
 from __future__ import annotations
 
