@@ -13,6 +13,9 @@ import typer
 import typer.main
 
 from .common.errors import HarnessError, UsageError
+from .common.options import Parsed, command
+from .eval_options import EvalOptions
+from .sweep import OWN_OPTIONS, SweepOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate frozen visual encoders on many end tasks.")
@@ -219,7 +222,7 @@ def _print_table(table) -> None:
 
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                       help="Describe and verify real datasets (spec/data.md).")
+                       help="Describe and verify real datasets (docs/data.md).")
 app.add_typer(data_app, name="data")
 
 
@@ -428,68 +431,16 @@ def _print_results(records: list[dict]) -> None:
 
 
 @app.command("eval")
-def eval_cmd(
-    ctx: typer.Context,
-    encoder: Annotated[str, typer.Option("--encoder", "-e", help="catalog name or checkpoint path")],
-    task: Annotated[list[str], typer.Option("--task", "-t", help="task or suite name (repeatable)")],
-    out: Annotated[Path, typer.Option("--out", help="where result records go")] = Path("results"),
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="override the task's epochs")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="at most N training samples")] = None,
-    resolution: Annotated[Optional[int], typer.Option("--resolution", min=16, help="input size")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="head-training seed")] = 0,
-    encoder_seed: Annotated[int, typer.Option("--encoder-seed", help="seed of a random-init encoder")] = 0,
-    device: DeviceOpt = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="where real datasets live")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="samples per batch, for "
-                                                      "encoding and head training (default: the task's)")] = None,
-    grid: Annotated[str, typer.Option("--grid", help="full: the task's 4-config grid; single: its default")] = "full",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader workers for encoding "
-                                                   "(default: the machine's cores for datasets read from files, "
-                                                   "0 for in-memory ones)")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="head-training seeds (mean and std recorded)")] = 1,
-    aug_copies: Annotated[Optional[int], typer.Option("--aug-copies", min=1,
-                                                      help="augmented train copies to encode")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 for encoding")] = "auto",
-    head_precision: Annotated[str, typer.Option("--head-precision", help="auto | fp32 | bf16 | fp16 for head "
-                                                "training (auto: bf16 on GPUs, and on CPUs with native bf16 for "
-                                                "the dense heads; fp32 otherwise)")] = "auto",
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the feature cache")] = False,
-    ram_budget_gb: Annotated[float, typer.Option("--ram-budget-gb", help="features kept in memory")] = 8.0,
-    disk_budget_gb: Annotated[float, typer.Option("--disk-budget-gb",
-                                                  help="max size of one cache entry; above: encode on the fly")] = 20.0,
-    force: Annotated[bool, typer.Option("--force", help="redo tasks that already have a record")] = False,
-    json_out: JsonOpt = False,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="checkpoint format (default: detected)")] = None,
-    weights_dir: WeightsDirOpt = None,
-    download: Annotated[bool, typer.Option("--download", help="fetch missing catalog weights first")] = False,
-    probe: Annotated[str, typer.Option("--probe", help="head: the task's head over its grid; knn: weighted kNN "
-                                       "on the L2-normalised embedding; logreg: scikit-learn L-BFGS logistic "
-                                       "regression, C swept on val")] = "head",
-    tap: Annotated[Optional[str], typer.Option("--tap", help="probe a declared tap (spatial ones average-pooled "
-                                               "to about --pool-dims features), or 'all': one record per tap")] = None,
-    pool_dims: Annotated[int, typer.Option("--pool-dims", min=1, help="features a pooled spatial tap keeps "
-                                           "(Kolesnikov et al.: 9000)")] = 9000,
-    train_fraction: Annotated[Optional[float], typer.Option("--train-fraction", help="train on this fraction of "
-                                                            "each class (seeded, stratified)")] = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", help="train on N samples per class")] = None,
-    train_size: Annotated[Optional[int], typer.Option("--train-size", help="N samples in all, as VTAB-1k: "
-                                                      "0.8 N from train, 0.2 N from val")] = None,
-    knn_k: Annotated[Optional[list[int]], typer.Option("--knn-k", help="kNN neighbours (repeatable: chosen on "
-                                                       "val; default 20)")] = None,
-    knn_t: Annotated[Optional[list[float]], typer.Option("--knn-t", help="kNN temperature (repeatable; "
-                                                         "default 0.07)")] = None,
-    logreg_c: Annotated[Optional[list[float]], typer.Option("--logreg-c", help="logistic-regression C values to "
-                                                            "choose from on val (default: CLIP's sweep over "
-                                                            "1e-6..1e6)")] = None,
-) -> None:
-    """Evaluate one frozen encoder on one or more tasks."""
-    from .runner import eval_options, run_eval
+@command(EvalOptions)
+def eval_cmd(parsed: Parsed[EvalOptions], json_out: JsonOpt = False) -> None:
+    """Evaluate frozen encoders (one or several) on one or more tasks."""
+    from .runner import run_eval
 
     try:
-        records = run_eval(eval_options(ctx.params, debug=_state["debug"]))
+        records = run_eval(parsed.build(debug=_state["debug"]))
     except Exception as exc:
         if json_out:  # nothing ran (the encoder, an option): stdout still carries one document
-            _emit(_not_run(encoder, task, exc))
+            _emit(_not_run(parsed.values["encoders"], parsed.values["tasks"], exc))
         raise
     failed = [r for r in records if r["status"] != "ok"]
     if json_out:
@@ -502,74 +453,51 @@ def eval_cmd(
         _print_results(records)
     written = sum(1 for r in records if not r.get("skipped"))
     kept = len(records) - written
+    out = parsed.values["out"]
     _err(f"{written} record(s) written ({len(failed)} failed), {kept} existing kept, in {out}/; next: harness report "
          f"{out}")
     if failed:
         raise typer.Exit(1)
 
 
-def _not_run(encoder: str, tasks: list[str], exc: Exception) -> dict | list[dict]:
+def _not_run(encoder: str | list[str], tasks: list[str], exc: Exception) -> dict | list[dict]:
     """What ``eval --json`` prints when it fails before any task ran: one failed entry per task asked
     (the shape of a record where it matters to a script: encoder, task, status, error)."""
     error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if not isinstance(exc, HarnessError):
         error = f"{type(exc).__name__}: {error}"
-    docs = [{"encoder": encoder, "task": t, "status": "failed", "error": error, "test": None, "val": None}
-            for t in tasks]
+    docs = [{"encoder": e, "task": t, "status": "failed", "error": error, "test": None, "val": None}
+            for e in ([encoder] if isinstance(encoder, str) else encoder) for t in tasks]
     return docs[0] if len(docs) == 1 else docs
 
 
-def _eval_params(extra: list[str]) -> dict:
-    """Eval options given to another command, parsed by eval's own parser (one definition;
-    a wrong one is the same usage error eval would give)."""
-    from .sweep import OWN_OPTIONS
-
-    own = [a for a in extra if a.split("=", 1)[0] in OWN_OPTIONS]
-    if own:
-        raise UsageError(f"{own[0]}: a sweep option, set once for the sweep (not an eval option to pass through)")
+def _eval_options(args: list[str]) -> EvalOptions:
+    """Eval's options from an eval command line, parsed by eval's own parser (one definition; a wrong
+    one is the same usage error eval would give)."""
     command = typer.main.get_command(app).commands["eval"]
-    ctx = command.make_context("harness eval", ["--encoder", "-", "--task", "-", *extra])
-    return dict(ctx.params)
+    return Parsed(EvalOptions, command.make_context("harness eval", list(args)).params).build()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep(
-    ctx: typer.Context,
-    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="encoders (repeatable)")],
-    task: Annotated[list[str], typer.Option("--task", "-t", help="tasks or suites (repeatable)")],
-    seed: Annotated[int, typer.Option("--seed", help="first head-training seed")] = 0,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="K seeds: one job per encoder x task x seed")] = 1,
-    executor: Annotated[str, typer.Option("--executor", help="local or slurm")] = "local",
-    gpus_per_job: Annotated[int, typer.Option("--gpus-per-job", min=1)] = 1,
-    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", min=1, help="jobs at once (local: "
-                                                        "default one per GPU, else 1; slurm: the array's "
-                                                        "throttle)")] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
-    slurm_partition: Annotated[Optional[str], typer.Option("--slurm-partition")] = None,
-    slurm_time: Annotated[Optional[int], typer.Option("--slurm-time", min=1, help="minutes per job")] = None,
-    slurm_mem: Annotated[Optional[int], typer.Option("--slurm-mem", min=1, help="GB per job")] = None,
-    slurm_cpus: Annotated[Optional[int], typer.Option("--slurm-cpus", min=1, help="CPUs per job")] = None,
-    slurm_account: Annotated[Optional[str], typer.Option("--slurm-account")] = None,
-    out: Annotated[Path, typer.Option("--out", help="where result records go")] = Path("results"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="the plan and an estimate; run nothing")] = False,
-    json_out: JsonOpt = False,
-) -> None:
+@command(SweepOptions)
+def sweep(ctx: typer.Context, parsed: Parsed[SweepOptions], json_out: JsonOpt = False) -> None:
     """Run encoders x tasks x seeds as jobs (submitit: local workers or SLURM arrays); any other
     option is an eval option, passed to every job unchanged."""
-    from .sweep import SweepOptions, run_sweep
+    from .sweep import run_sweep
 
-    params = _eval_params(list(ctx.args))
-    opts = SweepOptions(encoders=encoder, tasks=task, eval_args=list(ctx.args), eval_params=params, out=out,
-                        seed=seed, seeds=seeds, executor=executor, gpus_per_job=gpus_per_job,
-                        max_parallel=max_parallel, retries=retries, dry_run=dry_run,
-                        slurm={"partition": slurm_partition, "time": slurm_time, "mem": slurm_mem,
-                               "cpus": slurm_cpus, "account": slurm_account})
+    extra = list(ctx.args)
+    own = [a for a in extra if a.split("=", 1)[0] in OWN_OPTIONS]
+    if own:
+        raise UsageError(f"{own[0]}: a sweep option, set once for the sweep (not an eval option to pass through)")
+    opts = parsed.build(eval_args=extra)
+    tasks = [arg for t in opts.tasks for arg in ("--task", t)]
+    opts.eval = _eval_options(["--encoder", opts.encoders[0], *tasks, "--out", str(opts.out), *extra])
     doc = run_sweep(opts)
     if json_out:
         _emit(doc)
     else:
         _print_sweep(doc)
-    if not dry_run and doc["counts"]["failed"]:
+    if not opts.dry_run and doc["counts"]["failed"]:
         raise typer.Exit(1)
 
 
@@ -581,6 +509,8 @@ def _print_sweep(doc: dict) -> None:
         typer.echo(f"estimate: {e['encode_hours']:.3g} {e['kind']} hour(s) of encoding "
                    f"({e['encode_hours_without_sharing']:.3g} without shared features); {e['note']}")
         typer.echo(f"throughput ({e['how']}): " + ", ".join(f"{k} {v} img/s" for k, v in e["throughput"].items()))
+        if "node" in e:
+            typer.echo(e["node"]["line"])
     table = _table("encoder", "task", "seed", "status", "test", "attempts", "time", "error")
     for j in doc["jobs"]:
         score = f"{j['metric']} {j['test']:.4f}" if j.get("test") is not None else "-"
@@ -791,6 +721,11 @@ def report(
         typer.echo(line)
 
 
+from .study_cli import study_app  # noqa: E402 - the sub-app lives in its own module
+
+app.add_typer(study_app, name="study")
+
+
 def _click_exception_types() -> tuple[type, ...]:
     """ClickException from every click the installed typer may use (its own vendored copy, or click)."""
     types = []
@@ -840,7 +775,7 @@ def _exit_interrupted() -> None:
 
 
 def main() -> None:
-    """Run the CLI and turn every outcome into an exit code (spec/cli.md).
+    """Run the CLI and turn every outcome into an exit code (docs/cli.md).
 
     In non-standalone mode typer hands back ``typer.Exit(n)`` and an interrupt (as 130) as the
     return value instead of raising, so the value is the exit code.

@@ -10,6 +10,11 @@ Pixelwise splits are evaluated at native resolution, where samples may differ in
 buckets that are encoded when full, every encoder batch holds one size, and the entry keeps
 one group per size (harness/cache.py, the ``grouped`` layout). Encoder batches shrink to fit
 the memory budget when the images are large (a 1024 x 2048 Cityscapes frame).
+
+``image_batches`` is where images come from: the loader's workers decode them, or, for splits of
+JPEG files on a GPU (``EncodeSettings.decode``), the workers read bytes and each batch is decoded
+on the device (harness/decode.py). ``encode_shared`` feeds one such pass to several encoders, each
+writing the cache entry its own run would: one decode for many encoders.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from encoders.base import FrozenEncoder
 
+from . import decode
 from .cache import (
     CorruptEntry,
     EntryWriter,
@@ -46,6 +52,7 @@ from .common.progress import log, progress
 from .train import batch_memory_budget
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, "torch.Tensor | None"]
+ImageBatch = tuple[dict[str, torch.Tensor], torch.Tensor]  # the batch (images on the device), dataset positions
 
 
 @dataclass
@@ -60,6 +67,7 @@ class EncodeSettings:
     disk_budget: int = 20 << 30  # bytes one cache entry may take; above it, encode on the fly
     cache_root: object = None  # Path | None: default harness.common.paths.features_dir()
     memory_budget: int | None = None  # bytes one encoder batch may take; None: train.batch_memory_budget
+    decode: str = "auto"  # auto | cpu | device: where JPEGs are decoded (harness/decode.py)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class CacheStats:
     waited: int = 0  # entries another process was encoding: waited for and read
     encode_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    prepared: set = field(default_factory=set)  # entry paths a shared pass wrote for this run (a miss, not a hit)
 
 
 ENCODE_BYTES_PER_PIXEL = 512  # transient fp32 activations of a ResNet-50-sized encoder per input pixel (generous)
@@ -120,33 +129,31 @@ def prepare(encoder: FrozenEncoder, settings: EncodeSettings) -> FrozenEncoder:
     return encoder
 
 
-def encode_batches(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings,
-                   sampler=None, desc: str = "encode", with_index: bool = False) -> Iterator[Batch]:
-    """Encoded batches in dataset order (or ``sampler`` order), every sample included.
+def image_batches(dataset: Dataset, settings: EncodeSettings, sampler=None, desc: str = "encode",
+                  notes: list[str] | None = None, label: str = "") -> Iterator[ImageBatch]:
+    """(batch, dataset positions) in dataset order (or ``sampler`` order), every sample included,
+    the images on the device: decoded there (harness/decode.py) when ``settings.decode`` chooses
+    it, else decoded by the loader. ``notes`` gets one line saying where ``label`` was decoded.
 
     Every batch holds samples of one size. When a loader batch mixes sizes, its samples wait
     in per-size buckets that are encoded when they hold ``batch_size`` samples (or when more
     than two batches' worth wait), the rest at the end; the order then differs from the
-    dataset's. ``with_index`` adds each batch's dataset positions as a fourth element."""
-    prepare(encoder, settings)
+    dataset's."""
+    choice = decode.choose(dataset, settings.device, settings.decode)
+    if choice.on_device:
+        yield from _device_batches(dataset, settings, sampler, desc, notes, label)
+        return
+    if notes is not None and (settings.decode != "auto" or (settings.device.type == "cuda"
+                                                            and decode.file_source(dataset) is not None)):
+        notes.append(f"{label}: images decoded by the loader on the CPU ({choice.why})")
     order = list(sampler) if sampler is not None else None
     dl = loader(dataset, settings.batch_size, settings.device, settings.num_workers, sampler)
     buckets: dict[tuple, list[tuple[dict[str, torch.Tensor], int]]] = {}
     waiting = pos = 0
 
-    def run(batch: dict[str, torch.Tensor], index: torch.Tensor):
-        images = batch["image"].to(settings.device, non_blocking=True)
-        if settings.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_for(settings.device, settings.precision):
-            out = encoder(images, taps)
-        out = {k: v.contiguous() for k, v in out.items()}
-        return (out, batch["target"], batch.get("valid"), index) if with_index else \
-            (out, batch["target"], batch.get("valid"))
-
     def flush(key: tuple):
         items = buckets.pop(key)
-        return run(_stack([s for s, _ in items]), torch.tensor([i for _, i in items]))
+        return _on_device(_stack([s for s, _ in items]), settings), torch.tensor([i for _, i in items])
 
     for batch in progress(dl, desc=desc, total=len(dl)):
         if isinstance(batch, dict) and waiting:  # buckets are filling: this batch's samples join them
@@ -155,7 +162,7 @@ def encode_batches(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ..
             b = len(batch["target"])
             index = torch.tensor(order[pos:pos + b]) if order is not None else torch.arange(pos, pos + b)
             pos += b
-            yield run(batch, index)
+            yield _on_device(batch, settings), index
             continue
         for sample in batch:  # sizes differ: bucket by size
             key = _size_key(sample)
@@ -170,6 +177,58 @@ def encode_batches(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ..
             yield flush(key)
     for key in list(buckets):
         yield flush(key)
+
+
+def _on_device(batch: dict[str, torch.Tensor], settings: EncodeSettings) -> dict[str, torch.Tensor]:
+    images = batch["image"].to(settings.device, non_blocking=True)
+    if settings.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return {**batch, "image": images}
+
+
+def _device_batches(dataset: Dataset, settings: EncodeSettings, sampler, desc: str, notes: list[str] | None,
+                    label: str) -> Iterator[ImageBatch]:
+    """The device path: workers read bytes, each batch is decoded and resized on the device."""
+    raw = decode.RawFiles(dataset)
+    size = raw.size
+    order = list(sampler) if sampler is not None else None
+    dl = DataLoader(raw, batch_size=settings.batch_size, sampler=sampler, shuffle=False,
+                    num_workers=settings.num_workers, collate_fn=decode.collate_raw,
+                    pin_memory=settings.device.type == "cuda", drop_last=False,
+                    prefetch_factor=4 if settings.num_workers else None)
+    pos = on_host = files = 0
+    for batch in progress(dl, desc=desc, total=len(dl)):
+        images, host = decode.decode_batch(batch["frames"], batch["stacked"], size, settings.device)
+        on_host += host
+        files += sum(len(f) for f in batch["frames"])
+        b = len(batch["target"])
+        index = torch.tensor(order[pos:pos + b]) if order is not None else torch.arange(pos, pos + b)
+        pos += b
+        yield _on_device({"image": images, "target": batch["target"]}, settings), index
+    if notes is not None:
+        fallback = (f"; {on_host} of {files} file(s) decoded on the CPU (not a sequential 1- or 3-component JPEG, "
+                    f"or refused by the device)") if on_host else ""
+        notes.append(f"{label}: images decoded in batches on {settings.device} (torchvision decode_jpeg) and "
+                     f"resized there{fallback}")
+
+
+def _forward(encoder: FrozenEncoder, images: torch.Tensor, taps: tuple[str, ...],
+             settings: EncodeSettings) -> dict[str, torch.Tensor]:
+    with autocast_for(settings.device, settings.precision):
+        out = encoder(images, taps)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def encode_batches(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings,
+                   sampler=None, desc: str = "encode", with_index: bool = False,
+                   notes: list[str] | None = None, label: str = "") -> Iterator[Batch]:
+    """Encoded batches (``image_batches`` says in which order). ``with_index`` adds each batch's
+    dataset positions as a fourth element."""
+    prepare(encoder, settings)
+    for batch, index in image_batches(dataset, settings, sampler, desc, notes, label):
+        out = _forward(encoder, batch["image"], taps, settings)
+        yield (out, batch["target"], batch.get("valid"), index) if with_index else \
+            (out, batch["target"], batch.get("valid"))
 
 
 class OnTheFlyFeatures:
@@ -316,7 +375,8 @@ def _cached(key: FeatureKey, root, fits_ram: bool, est: float, settings: EncodeS
         with fh:
             verify(fh)
             feats = load_memory(fh) if fits_ram else None
-        stats.hits += 1
+        if str(entry_path(key, root)) not in stats.prepared:  # else: a shared pass's miss, counted there
+            stats.hits += 1
         if not fits_ram:
             stats.notes.append(_streamed(key, est, settings))
             feats = open_stream(entry_path(key, root))
@@ -329,46 +389,164 @@ def _cached(key: FeatureKey, root, fits_ram: bool, est: float, settings: EncodeS
         return None
 
 
+class _Store:
+    """Where one split's encoded batches go: the new cache entry (when caching) and, when the taps
+    fit the RAM budget, memory."""
+
+    def __init__(self, key: FeatureKey, n: int, probe: Probe, taps: tuple[str, ...], root, use_cache: bool,
+                 keep: bool, est: float, lock: EntryLock | None):
+        self.key, self.probe, self.taps, self.keep, self.lock = key, probe, taps, keep, lock
+        self.writer = None
+        if use_cache:
+            self.writer = GroupedEntryWriter(key, n, root, expected_bytes=int(est)) if probe.spatial else \
+                EntryWriter(key, n, probe.tap_shapes, probe.target_shape, probe.target_dtype, probe.valid_shape, root)
+        self.kept: dict[str, dict[str, list]] = {}  # per shape signature: taps, target, valid, index
+
+    def add(self, feats: dict[str, torch.Tensor], target: torch.Tensor, valid, index: torch.Tensor) -> None:
+        stored = {k: v.to("cpu", getattr(torch, self.key.dtype)) for k, v in feats.items()}
+        if isinstance(self.writer, GroupedEntryWriter):
+            self.writer.write(stored, target, valid, index)
+        elif self.writer is not None:
+            self.writer.write(stored, target, valid)
+        if self.lock is not None:
+            self.lock.touch()
+        if self.keep:
+            part = self.kept.setdefault(shape_signature(stored, target, valid) if self.probe.spatial else "",
+                                        {"target": [], "valid": [], "index": [], **{t: [] for t in self.taps}})
+            for k, v in stored.items():
+                part[k].append(v)
+            part["target"].append(target)
+            part["index"].append(index)
+            if valid is not None:
+                part["valid"].append(valid)
+
+    def publish(self) -> None:
+        if self.writer is not None:
+            self.writer.publish()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+    def in_memory(self):
+        p = self.kept.values()
+        return assemble([MemoryFeatures({t: torch.cat(q[t]) for t in self.taps}, torch.cat(q["target"]),
+                                        torch.cat(q["valid"]).bool() if q["valid"] else None) for q in p],
+                        [torch.cat(q["index"]) for q in p])
+
+
 def _encode_and_store(encoder, dataset, taps, key, settings, desc, root, n, probe, fits_ram, est, stats, lock):
-    writer = None
-    if settings.use_cache:
-        writer = GroupedEntryWriter(key, n, root, expected_bytes=int(est)) if probe.spatial else \
-            EntryWriter(key, n, probe.tap_shapes, probe.target_shape, probe.target_dtype, probe.valid_shape, root)
-    kept: dict[str, dict[str, list]] = {}  # per shape signature: taps, target, valid, index
+    store = _Store(key, n, probe, taps, root, settings.use_cache, fits_ram, est, lock)
     try:
         for feats, target, valid, index in encode_batches(encoder, dataset, taps, settings, desc=desc,
-                                                          with_index=True):
-            stored = {k: v.to("cpu", getattr(torch, key.dtype)) for k, v in feats.items()}
-            if isinstance(writer, GroupedEntryWriter):
-                writer.write(stored, target, valid, index)
-            elif writer is not None:
-                writer.write(stored, target, valid)
-            if lock is not None:
-                lock.touch()
-            if fits_ram:
-                part = kept.setdefault(shape_signature(stored, target, valid) if probe.spatial else "",
-                                       {"target": [], "valid": [], "index": [], **{t: [] for t in taps}})
-                for k, v in stored.items():
-                    part[k].append(v)
-                part["target"].append(target)
-                part["index"].append(index)
-                if valid is not None:
-                    part["valid"].append(valid)
-        if writer is not None:
-            writer.publish()
+                                                          with_index=True, notes=stats.notes, label=key.split):
+            store.add(feats, target, valid, index)
+        store.publish()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        store.abort()
         raise
     if fits_ram:
-        feats = assemble([MemoryFeatures({t: torch.cat(p[t]) for t in taps}, torch.cat(p["target"]),
-                                         torch.cat(p["valid"]).bool() if p["valid"] else None) for p in kept.values()],
-                         [torch.cat(p["index"]) for p in kept.values()])
+        feats = store.in_memory()
     else:
         stats.notes.append(_streamed(key, est, settings))
         feats = open_stream(entry_path(key, root))
     _note_sizes(key, feats, stats)
     return feats
+
+
+# ------------------------------------------------------------------ one decode for several encoders
+
+@dataclass
+class SharedJob:
+    """One encoder's part of a shared pass: its taps, its cache entry (keyed as a run of its own
+    would key it) and the stats of its run."""
+
+    encoder: FrozenEncoder
+    taps: tuple[str, ...]
+    key: FeatureKey
+    stats: CacheStats
+
+
+def encode_shared(jobs: list[SharedJob], dataset: Dataset, settings: EncodeSettings, desc: str = "encode") -> int:
+    """Write the missing cache entries of several encoders on one split in one pass: each batch is
+    decoded once and fed to every encoder. Each entry is what ``get_features`` would have written
+    for that encoder alone; the runs that follow read it (``stats.prepared`` counts it as their
+    miss, not a hit). Entries already cached, encoded by another process meanwhile, or too large
+    for the disk budget (encoded on the fly at every use) are left to ``get_features``. Needs the
+    cache: without it, nothing is done. Returns the number of entries written."""
+    if not settings.use_cache or not jobs:
+        return 0
+    root = settings.cache_root
+    n = len(dataset)
+    budget = settings.memory_budget if settings.memory_budget is not None else batch_memory_budget(settings.device)
+    todo: list[tuple[SharedJob, Probe, float, EntryLock]] = []
+    batch = settings.batch_size
+    try:
+        for job in jobs:
+            if _present(job.key, root):
+                continue
+            probe = _probe(job.encoder, dataset, job.taps, settings)
+            est = n * probe.tap_bytes(probe.mean_pixels, np.dtype(job.key.dtype).itemsize)
+            if est > settings.disk_budget:
+                continue
+            lock = EntryLock(entry_path(job.key, root))
+            if not lock.acquire(on_wait=lambda owner: log(f"{desc}: waiting for {owner.get('host', '?')}:"
+                                                          f"{owner.get('pid', '?')}, which is encoding it")):
+                continue  # another process wrote it meanwhile: the run reads it
+            todo.append((job, probe, est, lock))
+            batch = min(batch, probe.encode_batch(budget, max(settings.batch_size, 256)))
+        if not todo:
+            return 0
+        return _encode_shared(todo, dataset, replace(settings, batch_size=batch), desc, root, n)
+    finally:
+        for *_, lock in todo:
+            lock.release()
+
+
+def _present(key: FeatureKey, root) -> bool:
+    """A published, intact entry (a corrupt one is removed, to be rebuilt)."""
+    try:
+        fh = open_entry(key, root)
+        if fh is None:
+            return False
+        with fh:
+            verify(fh)
+        return True
+    except CorruptEntry:
+        remove_entry(key, root)
+        return False
+
+
+def _encode_shared(todo, dataset, settings: EncodeSettings, desc: str, root, n: int) -> int:
+    t0 = time.perf_counter()
+    stores = []
+    for job, probe, est, lock in todo:
+        prepare(job.encoder, settings)
+        stores.append(_Store(job.key, n, probe, job.taps, root, True, False, est, lock))
+    notes: list[str] = []
+    split = todo[0][0].key.split
+    try:
+        with torch.no_grad():
+            for batch, index in image_batches(dataset, settings, desc=desc, notes=notes, label=split):
+                for (job, *_), store in zip(todo, stores, strict=True):
+                    store.add(_forward(job.encoder, batch["image"], job.taps, settings), batch["target"],
+                              batch.get("valid"), index)
+        for store in stores:
+            store.publish()
+    except BaseException:
+        for store in stores:
+            store.abort()
+        raise
+    share = (time.perf_counter() - t0) / len(todo)
+    for job, *_ in todo:
+        job.stats.misses += 1
+        job.stats.encode_s += share
+        job.stats.prepared.add(str(entry_path(job.key, root)))
+        job.stats.notes.extend(notes)
+        if len(todo) > 1:
+            job.stats.notes.append(f"{split}: encoded in one pass with {len(todo) - 1} other encoder(s), each image "
+                                   f"decoded once (encode_s: this encoder's share of the pass)")
+    return len(todo)
 
 
 def _note_sizes(key: FeatureKey, feats, stats: CacheStats) -> None:

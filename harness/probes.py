@@ -2,7 +2,8 @@
 
 - **Any layer** (``--tap block3``, ``--tap all``): a linear probe (the task's single-layer or
   fusion head) on any tap the encoder declares. Spatial taps are pooled as Kolesnikov et al.
-  did (papers/002; their released evaluation): adaptive average pooling to the g x g grid whose
+  did ("Revisiting Self-Supervised Visual Representation Learning", 2019, and their released
+  evaluation): adaptive average pooling to the g x g grid whose
   C * g^2 is nearest ``POOL_DIMS`` = 9000 features (a map already smaller is kept as is); the
   grid is recorded. ``--tap all`` encodes every block in one pass and gives one record per tap.
 - **kNN** (``--probe knn``): the weighted k-nearest-neighbour classifier of Wu et al. (2018), as
@@ -38,7 +39,6 @@ from .cache import MemoryFeatures
 from .common.errors import HarnessError, UsageError
 from .common.taps import Tap
 
-PROBES = ("head", "knn", "logreg")
 TAP_ALL = "all"
 DEFAULT_TAP = "embedding"  # what the single-layer and fusion heads read
 POOL_DIMS = 9000  # Kolesnikov et al.: spatial taps pooled to about 9000 features

@@ -41,54 +41,11 @@ from .common.device import resolve_device
 from .common.errors import HarnessError, UsageError
 from .common.progress import TrainProgress, log
 from .common.taps import Tap
-from .features import CacheStats, EncodeSettings, get_features
+from .eval_options import EvalOptions
+from .features import CacheStats, EncodeSettings, SharedJob, encode_shared, get_features
 from .records import RECORD_VERSION, EvalRecord, read_record, slug
 from .stacked import fit_grid, supports
 from .train import FitResult, evaluate, fit, resolve_head_precision
-
-
-@dataclass
-class EvalOptions:
-    encoder: str
-    tasks: list[TaskSpec]
-    out: Path = Path("results")
-    epochs: int | None = None
-    limit: int | None = None
-    resolution: int | None = None
-    seed: int = 0
-    seeds: int = 1  # head-training seeds seed, seed+1, ...: mean and std in the record
-    encoder_seed: int = 0
-    device: str | None = None
-    data_root: Path | None = None
-    batch_size: int | None = None
-    grid: str = "full"  # "full": the task's grid; "single": its default configuration only
-    aug_copies: int | None = None  # override the task's number of augmented train copies
-    num_workers: int | None = None  # None: the machine's cores for datasets that decode files, else 0
-    precision: str = "auto"
-    head_precision: str = "auto"  # head training: auto | fp32 | bf16 | fp16 (harness.train.resolve_head_precision)
-    use_cache: bool = True
-    ram_budget_gb: float = 8.0
-    disk_budget_gb: float = 20.0
-    force: bool = False
-    debug: bool = False
-    notes: list[str] = field(default_factory=list)
-    fmt: str | None = None  # checkpoint format override (encoders/adapters.py); None: detected
-    weights_dir: Path | None = None  # None: $HARNESS_WEIGHTS or <cache>/weights
-    download: bool = False  # fetch missing catalog weights (never implicit)
-    # probes (harness/probes.py) and label fractions (harness/subsets.py); defaults: the paper's protocol
-    probe: str = "head"  # head: the task's head over the grid; knn; logreg
-    tap: str | None = None  # a declared tap or "all" (one record per tap); None: what the head reads
-    pool_dims: int = probes.POOL_DIMS  # spatial taps pooled to about this many features
-    train_fraction: float | None = None
-    shots: int | None = None
-    train_size: int | None = None
-    knn_k: tuple[int, ...] = (probes.KNN_K,)
-    knn_t: tuple[float, ...] = (probes.KNN_T,)
-    logreg_c: tuple[float, ...] = ()  # empty: the CLIP paper's sweep of C
-
-    @property
-    def subset(self) -> subsets.SubsetSpec | None:
-        return subsets.subset_spec(self.train_fraction, self.shots, self.train_size)
 
 
 @dataclass
@@ -123,42 +80,6 @@ class Selection:
     score: probes.Scorer | None = None  # kNN / logreg: (chosen, test source) -> (scores, parameters)
     fields: dict = field(default_factory=dict)  # record fields: probe, tap, tap_index, pool, subset
     notes: list[str] = field(default_factory=list)
-
-
-def eval_options(params: dict, debug: bool = False) -> EvalOptions:
-    """``harness eval``'s parsed options (by parameter name) -> EvalOptions: one place, used by
-    eval itself and by sweep, which passes eval's options through to every job."""
-    from tasks.registry import resolve_tasks
-
-    if params["grid"] not in ("full", "single"):
-        raise UsageError(f"--grid {params['grid']!r}: use 'full' or 'single'")
-    for opt in ("precision", "head_precision"):
-        if params.get(opt, "auto") not in ("auto", "fp32", "bf16", "fp16"):
-            raise UsageError(f"--{opt.replace('_', '-')} {params[opt]!r}: use auto, fp32, bf16 or fp16")
-    p = dict(params)
-    p.pop("json_out", None)
-    p["tasks"] = resolve_tasks(p.pop("task"))
-    p["num_workers"] = p.pop("workers")
-    p["use_cache"] = not p.pop("no_cache")
-    _probe_options(p)
-    opts = EvalOptions(**p, debug=debug)
-    opts.subset  # noqa: B018 - a usage error now, not after encoding
-    return opts
-
-
-def _probe_options(p: dict) -> None:
-    """--probe, --tap and their settings checked and normalised in place (lists -> tuples)."""
-    if p.setdefault("probe", "head") not in probes.PROBES:
-        raise UsageError(f"--probe {p['probe']!r}: use one of {', '.join(probes.PROBES)}")
-    p["knn_k"] = tuple(p.get("knn_k") or (probes.KNN_K,))
-    p["knn_t"] = tuple(p.get("knn_t") or (probes.KNN_T,))
-    p["logreg_c"] = tuple(p.get("logreg_c") or ())
-    if min(p["knn_k"]) < 1 or min(p["knn_t"]) <= 0:
-        raise UsageError("--knn-k must be >= 1 and --knn-t > 0")
-    if p["logreg_c"] and min(p["logreg_c"]) <= 0:
-        raise UsageError("--logreg-c must be > 0")
-    if p.get("pool_dims", 1) < 1:
-        raise UsageError("--pool-dims must be >= 1")
 
 
 def _variant_key(opts: EvalOptions, tap: str | None) -> dict:
@@ -201,7 +122,9 @@ def record_path(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, tap: 
     return Path(opts.out) / f"{slug(encoder.name)}__{task.name}__{digest}.json"
 
 
-def _request(task: TaskSpec, opts: EvalOptions, split: str, train: bool, copy: int = 0) -> DataRequest:
+def data_request(task: TaskSpec, opts: EvalOptions, split: str, train: bool, copy: int = 0) -> DataRequest:
+    """What eval asks ``task``'s loader for: one split under ``opts`` (``--limit`` on the train split only),
+    ``train`` for the training transform, ``copy`` the augmented copy. Benchmarks build the same datasets with it."""
     return DataRequest(split=split, data_root=opts.data_root, resolution=opts.resolution,
                        limit=opts.limit if split == task.splits.train else None, train=train, aug_copy=copy,
                        seed=opts.seed)
@@ -228,7 +151,7 @@ def plan_task(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device:
                            f"use an encoder with such taps or another task") from None
     bs = opts.batch_size or task.batch_size
     settings = EncodeSettings(device=device, batch_size=bs, num_workers=opts.num_workers or 0,
-                              precision=opts.precision, use_cache=opts.use_cache,
+                              precision=opts.precision, use_cache=opts.use_cache, decode=opts.decode,
                               ram_budget=int(opts.ram_budget_gb * 2**30), disk_budget=int(opts.disk_budget_gb * 2**30))
     return TaskPlan(task=task, head=head, taps=taps, epochs=opts.epochs or task.epochs, batch_size=bs,
                     copies=(opts.aug_copies or task.aug_copies) if task.train_transform.random else 1,
@@ -250,17 +173,21 @@ def _feature_key(encoder: FrozenEncoder, plan: TaskPlan, opts: EvalOptions, task
                       data=data)
 
 
-def _encode(encoder, dataset, plan: TaskPlan, key: FeatureKey, stats: CacheStats, desc: str):
+def _settings_for(plan: TaskPlan, dataset) -> EncodeSettings:
     settings = plan.settings
     if plan.workers is None:
         base = dataset.dataset if isinstance(dataset, Subset) else dataset
         settings = EncodeSettings(**{**settings.__dict__, "num_workers": default_workers(base)})
-    return get_features(encoder, dataset, plan.taps, key, settings, stats, desc=desc)
+    return settings
+
+
+def _encode(encoder, dataset, plan: TaskPlan, key: FeatureKey, stats: CacheStats, desc: str):
+    return get_features(encoder, dataset, plan.taps, key, _settings_for(plan, dataset), stats, desc=desc)
 
 
 # ----------------------------------------------------------------------------------- 2. train / val
 
-def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
+def train_val_datasets(task: TaskSpec, opts: EvalOptions, copies: int):
     """Train datasets (one per augmented copy), the val dataset, how val was made, the carve's id.
 
     Neither comes back empty: an empty split, or a train split too small to carve val from, is
@@ -270,18 +197,18 @@ def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
         return HarnessError(f"task {task.name}: {problem}{limit}; add samples (`harness data check --task "
                             f"{task.name}` lists what is there)")
 
-    trains = [task.dataset(task, _request(task, opts, task.splits.train, True, k)) for k in range(copies)]
+    trains = [task.dataset(task, data_request(task, opts, task.splits.train, True, k)) for k in range(copies)]
     if not len(trains[0]):
         raise too_small(f"{task.splits.train}: no samples")
     if task.splits.val is not None:
-        val = task.dataset(task, _request(task, opts, task.splits.val, False))
+        val = task.dataset(task, data_request(task, opts, task.splits.val, False))
         if not len(val):
             raise too_small(f"{task.splits.val}: no samples")
         return trains, val, f"official '{task.splits.val}' split", None
     problem = carve_problem(task.splits.train, len(trains[0]))
     if problem:
         raise too_small(problem)
-    full_eval = task.dataset(task, _request(task, opts, task.splits.train, False))
+    full_eval = task.dataset(task, data_request(task, opts, task.splits.train, False))
     labels = None
     if task.output == "image" and task.is_classification:
         if not isinstance(trains[0], TaskDataset) or trains[0].class_labels() is None:
@@ -298,9 +225,9 @@ def _train_val(task: TaskSpec, opts: EvalOptions, copies: int):
 
 
 def encode_train_val(encoder, plan: TaskPlan, opts: EvalOptions, stats: CacheStats, listed=None):
-    """``listed``: the train/val datasets already built by ``_train_val`` (else built here)."""
+    """``listed``: the train/val datasets already built by ``train_val_datasets`` (else built here)."""
     task = plan.task
-    trains, val_ds, val_how, carve_id = listed if listed is not None else _train_val(task, opts, plan.copies)
+    trains, val_ds, val_how, carve_id = listed if listed is not None else train_val_datasets(task, opts, plan.copies)
     train_tf, eval_tf = task.train_transform.label, task.eval_transform.label
     train_src = [_encode(encoder, ds, plan, _feature_key(encoder, plan, opts, task, "train", len(ds), train_tf, k,
                                                          carve_id), stats, f"encode {task.name}/train#{k}")
@@ -365,7 +292,7 @@ def list_test(target: TaskSpec, opts: EvalOptions):
     """The test split's listing (files paired, nothing decoded or encoded): made before training so
     that a missing test file fails in seconds, not after hours of training. Nothing of it is read
     until every choice has been made on val."""
-    test = target.dataset(target, _request(target, opts, target.splits.test, False))
+    test = target.dataset(target, data_request(target, opts, target.splits.test, False))
     if not len(test):  # found now, not as an IndexError after training
         raise HarnessError(f"task {target.name}: {target.splits.test}: no samples; add samples (`harness data check "
                            f"--task {target.name}` lists what is there)")
@@ -458,15 +385,10 @@ def _inputs_record(plan: TaskPlan, sel: Selection) -> list[dict]:
     return [{"input": "embedding", "stride": None, "tap": tap, "how": how}]
 
 
-def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,
-                   device: torch.device, taps: list[str | None] | tuple = (None,)) -> list[EvalRecord]:
-    """Train ``task``'s probe once per tap in ``taps`` (None: the head's own input) and test it on each
-    target (``task`` itself and/or test-only tasks); records in (target, tap) order.
-
-    Every tap is encoded in one pass, and label fractions are drawn from the encoded features."""
-    t0 = time.perf_counter()
-    for tap in taps:
-        probes.check_applies(task, opts.probe, tap)
+def encoding_plan(encoder: FrozenEncoder, task: TaskSpec, opts: EvalOptions, device: torch.device,
+                  taps: list[str | None] | tuple = (None,)) -> tuple[TaskPlan, FrozenEncoder, dict]:
+    """The task's plan, the encoder that makes its features (a pooling wrapper when a spatial tap is
+    probed) and each tap's feature name: what decides the cache keys of ``evaluate_group``."""
     plan = plan_task(encoder, task, opts, device)
     names = {tap: probes.feature_name(tap, encoder, opts.pool_dims) for tap in taps}
     enc = encoder
@@ -474,8 +396,22 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
         if any(n != tap for tap, n in names.items()):
             enc = probes.pooled_encoder(encoder, opts.pool_dims)
         plan.taps = tuple(dict.fromkeys(n if n is not None else probes.DEFAULT_TAP for n in names.values()))
-    stats = CacheStats()
-    listed = _train_val(task, opts, plan.copies)  # every split listed (files paired) before any work
+    return plan, enc, names
+
+
+def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,
+                   device: torch.device, taps: list[str | None] | tuple = (None,),
+                   stats: CacheStats | None = None) -> list[EvalRecord]:
+    """Train ``task``'s probe once per tap in ``taps`` (None: the head's own input) and test it on each
+    target (``task`` itself and/or test-only tasks); records in (target, tap) order.
+
+    Every tap is encoded in one pass, and label fractions are drawn from the encoded features."""
+    t0 = time.perf_counter()
+    for tap in taps:
+        probes.check_applies(task, opts.probe, tap)
+    plan, enc, names = encoding_plan(encoder, task, opts, device, taps)
+    stats = stats if stats is not None else CacheStats()  # a shared pass's (share_decoding) when given
+    listed = train_val_datasets(task, opts, plan.copies)  # every split listed (files paired) before any work
     tests = [list_test(target, opts) for target in targets]
     train_src, val_src, (_, _, val_how, carve_id) = encode_train_val(enc, plan, opts, stats, listed)
     drawn = subsets.apply(task, opts.subset, opts.seed, train_src, val_src)
@@ -512,6 +448,68 @@ def evaluate_group(encoder: FrozenEncoder, task: TaskSpec, targets: list[TaskSpe
             records.append(test_target(encoder, plan, target, sel, opts, stats, device, t0,
                                        (test_ds, probes.tap_view(test_src, name, task.frames))))
     return records
+
+
+# ------------------------------------------------------------------------ one decode, several encoders
+
+def _pending(encoder: FrozenEncoder, targets: list[TaskSpec], opts: EvalOptions) -> list[TaskSpec]:
+    """The targets ``encoder`` has a record to make for (as ``_run_group`` decides it)."""
+    taps = probes.requested_taps(encoder, opts.tap)
+    return [t for t in targets
+            if opts.force or any(read_record(p).get("status") != "ok" if p.exists() else True
+                                 for p in (record_path(encoder, t, opts, tap) for tap in taps))]
+
+
+def share_decoding(encoders: list[FrozenEncoder], task: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,
+                   device: torch.device) -> dict[int, CacheStats]:
+    """Several encoders on one task: every split's images decoded once and fed to each encoder,
+    whose features go to the cache entries its own run would write (and then reads). Per encoder
+    (by ``id``), the stats of the shared passes, for its records.
+
+    The test split is encoded here too, before any head is trained: into the cache only; no head
+    or choice sees it until ``test_target``, as in a run of one encoder. Without the cache (or when
+    a split is too large for it) each encoder decodes on its own, as before; so does everything
+    after a failure here, which the encoder's own run then meets and records."""
+    if not opts.use_cache:
+        log(f"task {task.name}: --no-cache: each encoder decodes the images itself (sharing needs the cache)")
+        return {}
+    work = []
+    for encoder in encoders:
+        pending = _pending(encoder, targets, opts)
+        if not pending:
+            continue
+        taps = probes.requested_taps(encoder, opts.tap)
+        try:
+            for tap in taps:
+                probes.check_applies(task, opts.probe, tap)
+            plan, enc, _ = encoding_plan(encoder, task, opts, device, taps)
+        except HarnessError:  # its own run says what is wrong
+            continue
+        work.append((encoder, plan, enc, {t.name for t in pending}))
+    stats = {id(e): CacheStats() for e, *_ in work}
+    if len(work) < 2:
+        return {}
+    log(f"task {task.name}: {len(work)} encoders, each image decoded once for all of them")
+    try:
+        plan0 = work[0][1]
+        trains, val_ds, _, carve_id = train_val_datasets(task, opts, plan0.copies)
+        splits = [(ds, task, "train", task.train_transform.label, k, carve_id) for k, ds in enumerate(trains)]
+        splits.append((val_ds, task, "val", task.eval_transform.label, 0, carve_id))
+        splits += [(list_test(t, opts), t, "test", t.eval_transform.label, 0, None) for t in targets]
+        for ds, target, split, tf, copy, carve in splits:
+            jobs = [SharedJob(enc, plan.taps, _feature_key(enc, plan, opts, target, split, len(ds), tf, copy, carve),
+                              stats[id(e)])
+                    for e, plan, enc, pending in work if split != "test" or target.name in pending]
+            if len(jobs) > 1:
+                tag = f"#{copy}" if split == "train" else ""
+                encode_shared(jobs, ds, _settings_for(plan0, ds), desc=f"encode {target.name}/{split}{tag} "
+                              f"({len(jobs)} encoders)")
+    except Exception as exc:
+        if opts.debug:
+            raise
+        log(f"task {task.name}: shared decoding stopped ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+            f"each encoder goes on by itself")
+    return stats
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -570,70 +568,82 @@ def run_eval(opts: EvalOptions) -> list[dict]:
     # Loading options are passed only when set, so the plain create_encoder(name, seed) call stays as it was.
     loading = {k: v for k, v in (("fmt", opts.fmt), ("weights_dir", opts.weights_dir), ("download", opts.download))
                if v}
-    try:
-        encoder = create_encoder(opts.encoder, seed=opts.encoder_seed, **loading)
-    except HarnessError as exc:  # missing weights: say at once whether the tasks' data is missing too
-        no_data = [t for t in opts.tasks if not _data_available(t, opts)]
-        if isinstance(exc, UsageError) or not no_data:
-            raise
-        from tasks.datasets.base import resolve_data_root
+    encoders = []
+    for name in opts.encoders or (opts.encoder,):  # several: each task's images decoded once for all of them
+        try:
+            encoders.append(create_encoder(name, seed=opts.encoder_seed, **loading))
+        except HarnessError as exc:  # missing weights: say at once whether the tasks' data is missing too
+            no_data = [t for t in opts.tasks if not _data_available(t, opts)]
+            if isinstance(exc, UsageError) or not no_data:
+                raise
+            from tasks.datasets.base import resolve_data_root
 
-        where = ", ".join(str(resolve_data_root(opts.data_root) / t.layout.folder) for t in no_data)
-        raise HarnessError(f"{exc}; and the data of task(s) {', '.join(t.name for t in no_data)} is missing too: "
-                           f"{where} not found (`harness data layout {no_data[0].name}` shows what goes "
-                           f"there)") from None
+            where = ", ".join(str(resolve_data_root(opts.data_root) / t.layout.folder) for t in no_data)
+            raise HarnessError(f"{exc}; and the data of task(s) {', '.join(t.name for t in no_data)} is missing "
+                               f"too: {where} not found (`harness data layout {no_data[0].name}` shows what goes "
+                               f"there)") from None
     asked = {t.name for t in opts.tasks}
-    taps = probes.requested_taps(encoder, opts.tap)
     out: list[dict] = []
     groups = _groups(opts.tasks)
     for gi, (source, targets) in enumerate(groups, 1):
         # An extra test set nobody asked for runs only when its data is there.
         targets = [t for t in targets if t.name in asked or _data_available(t, opts)]
-        todo, paths = [], {}
-        for target in targets:
-            for tap in taps:
-                path = paths[target.name, tap] = record_path(encoder, target, opts, tap)
-                if path.exists():
-                    existing = read_record(path)
-                    if existing.get("status") == "ok":
-                        if not opts.force:
-                            existing["skipped"] = True
-                            out.append(existing)
-                            continue
-                        # --force: the finished record is kept beside the new one, never lost.
-                        stamp = existing.get("created", "old").replace(":", "")
-                        path.replace(path.with_name(f"{path.stem}.{stamp}.json.bak"))
-                todo.append((target, tap))
-        if not todo:
+        shared = share_decoding(encoders, source, targets, opts, device) if len(encoders) > 1 else {}
+        for encoder in encoders:
+            out.extend(_run_group(encoder, source, targets, opts, device, gi, len(groups), shared.get(id(encoder))))
+    return out
+
+
+def _run_group(encoder: FrozenEncoder, source: TaskSpec, targets: list[TaskSpec], opts: EvalOptions,
+               device: torch.device, gi: int, n_groups: int, stats: CacheStats | None = None) -> list[dict]:
+    """One encoder on one task group: its records (existing ones kept unless ``force``)."""
+    taps = probes.requested_taps(encoder, opts.tap)
+    out: list[dict] = []
+    todo, paths = [], {}
+    for target in targets:
+        for tap in taps:
+            path = paths[target.name, tap] = record_path(encoder, target, opts, tap)
+            if path.exists():
+                existing = read_record(path)
+                if existing.get("status") == "ok":
+                    if not opts.force:
+                        existing["skipped"] = True
+                        out.append(existing)
+                        continue
+                    # --force: the finished record is kept beside the new one, never lost.
+                    stamp = existing.get("created", "old").replace(":", "")
+                    path.replace(path.with_name(f"{path.stem}.{stamp}.json.bak"))
+            todo.append((target, tap))
+    if not todo:
+        return out
+    # Every (target, tap) left to do comes from one training per tap and one encode.
+    todo_targets = list({t.name: t for t, _ in todo}.values())
+    todo_taps = list(dict.fromkeys(tap for _, tap in todo))
+    pairs = [(t, tap) for t in todo_targets for tap in todo_taps]
+    wanted = {(t.name, tap) for t, tap in todo}
+    log(f"task {source.name} ({gi}/{n_groups}): encoder {encoder.name} on {device}")
+    try:
+        records = evaluate_group(encoder, source, todo_targets, opts, device, todo_taps, stats)
+    except Exception as exc:
+        # Every failure is a failed record (written, and returned: `eval --json` prints it), a single
+        # task's included; only --debug (a traceback) and a usage mistake (exit 2) stop the run here.
+        if opts.debug or (len(opts.tasks) == 1 and isinstance(exc, UsageError)):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        error = msg if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {msg}"  # a user's line as is
+        records = [_failed(encoder, t, opts, error, tap) for t, tap in pairs]
+        if n_groups > 1 or len(opts.encoders) > 1:  # a single task's failure is eval's error line: said once
+            log(f"task {source.name}: FAILED: {msg}")
+    for record, (target, tap) in zip(records, pairs, strict=True):
+        if (target.name, tap) not in wanted:  # its record exists (the target's other taps were to do)
             continue
-        # Every (target, tap) left to do comes from one training per tap and one encode.
-        todo_targets = list({t.name: t for t, _ in todo}.values())
-        todo_taps = list(dict.fromkeys(tap for _, tap in todo))
-        pairs = [(t, tap) for t in todo_targets for tap in todo_taps]
-        wanted = {(t.name, tap) for t, tap in todo}
-        log(f"task {source.name} ({gi}/{len(groups)}): encoder {encoder.name} on {device}")
+        record.run_key = run_key(encoder, target, opts, tap)
         try:
-            records = evaluate_group(encoder, source, todo_targets, opts, device, todo_taps)
-        except Exception as exc:
-            # Every failure is a failed record (written, and returned: `eval --json` prints it), a single
-            # task's included; only --debug (a traceback) and a usage mistake (exit 2) stop the run here.
-            if opts.debug or (len(opts.tasks) == 1 and isinstance(exc, UsageError)):
+            record.write_to(paths[target.name, tap])
+        except OSError as exc:
+            if record.status == "ok":
                 raise
-            msg = str(exc).splitlines()[0] if str(exc) else ""
-            error = msg if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {msg}"  # a user's line as is
-            records = [_failed(encoder, t, opts, error, tap) for t, tap in pairs]
-            if len(groups) > 1:  # a single task's failure is eval's error line: said once
-                log(f"task {source.name}: FAILED: {msg}")
-        for record, (target, tap) in zip(records, pairs, strict=True):
-            if (target.name, tap) not in wanted:  # its record exists (the target's other taps were to do)
-                continue
-            record.run_key = run_key(encoder, target, opts, tap)
-            try:
-                record.write_to(paths[target.name, tap])
-            except OSError as exc:
-                if record.status == "ok":
-                    raise
-                # a failure's record that cannot be written (a full disk) must not hide the failure itself
-                record.notes.append(f"not written to {paths[target.name, tap]}: {exc.strerror or exc}")
-            out.append(record.to_dict())
+            # a failure's record that cannot be written (a full disk) must not hide the failure itself
+            record.notes.append(f"not written to {paths[target.name, tap]}: {exc.strerror or exc}")
+        out.append(record.to_dict())
     return out

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harness.common.device import cpu_has_bf16
+from harness.common.options import PRECISIONS
 from tasks.losses import get_loss
 from tasks.metrics import make_metric
 from tasks.spec import OptimConfig, TaskSpec
@@ -53,7 +54,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
 
 
 SMALL_HEAD = 1_000_000  # parameters; below this, extra CPU threads cost more than they give
-HEAD_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEAD_PRECISIONS = PRECISIONS  # harness.common.options: the choices of --head-precision
 
 
 def resolve_head_precision(precision: str, device: torch.device, head: nn.Module) -> str:

@@ -221,12 +221,12 @@ def test_eval_options_parse_check_and_key(tmp_path):
     import sys
 
     from encoders import create_encoder
-    from harness.cli import _eval_params
-    from harness.runner import eval_options, record_path, run_key
+    from harness.cli import _eval_options
+    from harness.runner import record_path, run_key
     from harness.sweep import SweepOptions, plan
 
     def parse(*args):
-        return eval_options({**_eval_params(list(args)), "task": ["synth_count"]})
+        return _eval_options(["--encoder", "resnet18", "--task", "synth_count", *args])
 
     opts = parse("--probe", "knn", "--knn-k", "5", "--knn-k", "10", "--tap", "all", "--train-fraction", "0.1")
     assert (opts.probe, opts.knn_k, opts.knn_t, opts.tap, opts.train_fraction) == ("knn", (5, 10), (0.07,), "all", 0.1)
@@ -241,10 +241,9 @@ def test_eval_options_parse_check_and_key(tmp_path):
     assert run_key(enc, task, opts, "block2")["tap"] == "block2" and run_key(enc, task, opts, "embedding").get(
         "tap") is None
     # a sweep with --tap all knows a job by its first tap's record
-    params = _eval_params(["--tap", "all", "--probe", "knn"])
-    (job,) = plan(SweepOptions(encoders=["resnet18"], tasks=["synth_count"], eval_args=["--tap", "all"],
-                               eval_params=params, out=tmp_path))
-    base = eval_options({**params, "encoder": "resnet18", "task": ["synth_count"], "out": tmp_path})
+    base = parse("--tap", "all", "--probe", "knn", "--out", str(tmp_path))
+    (job,) = plan(SweepOptions(encoders=["resnet18"], tasks=["synth_count"], eval_args=["--tap", "all"], eval=base,
+                               out=tmp_path))
     assert job.record == record_path(enc, task, dataclasses.replace(base, seeds=1), "conv")
     out = subprocess.run([sys.executable, "-m", "harness", "eval", "-e", "resnet18", "-t", "synth_count", "--shots",
                           "5", "--train-size", "100", "--out", str(tmp_path)], capture_output=True, text=True)

@@ -113,9 +113,8 @@ def test_slurm_array_parameters_and_sbatch_script(tmp_path, monkeypatch):
         fake.write_text(f"#!/bin/sh\n{body}\n")
         fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    opts = SweepOptions(encoders=["a"], tasks=["t"], eval_args=[], eval_params={}, out=tmp_path, max_parallel=3,
-                        gpus_per_job=2, executor="slurm",
-                        slurm={"partition": "gpu", "time": 90, "mem": 64, "cpus": 8, "account": "lab"})
+    opts = SweepOptions(encoders=["a"], tasks=["t"], out=tmp_path, max_parallel=3, gpus_per_job=2, executor="slurm",
+                        slurm_partition="gpu", slurm_time=90, slurm_mem=64, slurm_cpus=8, slurm_account="lab")
     executor = slurm_executor(opts, tmp_path / "logs", n_jobs=10)
     params = executor._executor.parameters
     assert params["partition"] == "gpu" and params["time"] == 90 and params["mem"] == "64GB"
