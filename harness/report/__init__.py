@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ from .plots import (
     plot_tap_curve,
     plot_task_correlation,
 )
-from .ranks import _rank_markdown, rank_table, summary_table
+from .ranks import _rank_markdown, rank_table
+from .study_table import study_markdown, study_table, summary_table
 from .variants import fraction_curve, probe_comparison, tap_curve
 from .writers import _cell, _write_text, report_markdown, status_lines, table_records, write_outputs
 
@@ -71,6 +73,9 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("granularity", "Fine vs coarse labels per encoder, relative to each task's chance (label granularity)",
              "an encoder scored on a fine task and on its coarse twin (e.g. synth_shape_cls and "
              "synth_shape_coarse_cls, cifar100_cls and cifar100_coarse_cls)", granularity, plot_granularity),
+    Analysis("study_table", "A study's scores in its paper's table layout (harness study run)",
+             "a study folder: its study.json and the records of its encoders", study_table, markdown=study_markdown,
+             reads="variants"),
     Analysis("tap_curve", "Score per tap, shallow to deep (linear probes on pooled taps)",
              "an encoder x task probed at >= 2 taps (harness eval --tap all)", tap_curve, plot_tap_curve,
              reads="variants"),
@@ -116,6 +121,7 @@ def build_report(results_dir: Path, out: Path | None = None, opts: ReportOptions
     if (opts.a is None) != (opts.b is None):
         raise UsageError("give both --a and --b (or neither)")
     results_dir = Path(results_dir)
+    opts = replace(opts, results_dir=results_dir)
     out = Path(out) if out is not None else results_dir / "report"
     # the report folder's own JSON is not a record, unless the records live in it (--out RESULTS_DIR)
     loaded = load_results(results_dir, exclude=None if _inside(results_dir, out) else out)

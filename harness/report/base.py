@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ class ReportOptions:
     a: str | None = None  # group A value; None: the most frequent value of ``group_by``
     b: str | None = None
     imagenet_task: str = IMAGENET_TASK
+    results_dir: Path | None = None  # the records' folder (set by build_report): for a study's study.json
 
 
 @dataclass
