@@ -13,12 +13,12 @@ costs, not how well it learns.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from encoders import create_encoder
+from harness.common.atomic import write_json
 from harness.runner import EvalOptions, run_eval
 from tasks.registry import resolve_tasks
 
@@ -26,7 +26,8 @@ TASKS = ("synth_count", "synth_action", "synth_depth", "synth_flow", "synth_seg"
 DEFAULT_ENCODERS = (
     # the seeds' architectures (Kolesnikov et al.; the low-resource pretext study)
     "resnet18", "resnet50", "resnet50_x2", "resnetv2_50", "resnetv2_18_x2", "revnet50", "vgg19_bn",
-    "mobilenet_v2", "shufflenet_v2", "squeezenet1_1", "efficientnet_lite0", "vit_tiny", "vit_small",
+    "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_1", "efficientnet_lite0", "vit_tiny_patch16",
+    "vit_small_patch16",
     # the issue's two, and others nobody special-cased
     "timm:vit_small_patch16_224", "timm:convnext_tiny", "tv:regnet_y_400mf", "timm:swin_tiny_patch4_window7_224",
     "timm:pvt_v2_b0", "tv:vit_b_16", "timm:vit_small_patch14_dinov2",
@@ -36,7 +37,10 @@ OUT = Path(__file__).parent / "results" / "backbone_heads.json"
 
 def measure(name: str, limit: int, resolution: int, out_dir: Path) -> dict:
     t0 = time.perf_counter()
-    enc = create_encoder(name)
+    try:
+        enc = create_encoder(name)
+    except Exception as exc:  # an encoder that cannot be built is a row saying why
+        return {"encoder": name, "error": f"{type(exc).__name__}: {exc}", "tasks": {}}
     cost = enc.cost(resolution) if hasattr(enc, "cost") else {}
     row = {"encoder": name, "build_s": round(time.perf_counter() - t0, 2),
            **{f"encoder_{k}": v for k, v in cost.items()}, "tasks": {}}
@@ -72,10 +76,9 @@ def main() -> None:
                               f"{r['seconds']:5.1f}s" for t, r in row["tasks"].items())
             params, flops = row.get("encoder_params", 0), row.get("encoder_flops", 0)
             print(f"{name:34s} {params:>11,} p {flops / 1e6:8.1f} MFLOPs  {cells}", flush=True)
-    doc = {"limit": args.limit, "resolution": args.resolution, "epochs": 1, "grid": "single", "device": "cpu",
-           "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+            # written after every encoder, so an interrupted run keeps what it measured
+            write_json(args.out, {"limit": args.limit, "resolution": args.resolution, "epochs": 1, "grid": "single",
+                                  "device": "cpu", "rows": rows})
     print(f"wrote {args.out}")
 
 
