@@ -14,7 +14,8 @@ and a pretraining run killed mid-way continues from its ``last.pt``.
 
 Layout of a study's folder (``--out``, default ``studies/NAME`` or ``studies/NAME_SCALE``): ``study.json`` (what
 was declared and how the report lays it out), ``pretrain/RUN/`` (each run's folder and ``pretrain.json``),
-``results/`` (the eval records). ``harness report OUT`` renders the study's table (``report/study_table.py``).
+``results/`` (the eval records), ``timings.json`` (each finished job's measured wall time: what ``plan`` estimates
+from). ``harness report OUT`` renders the study's table (``report/study_table.py``).
 """
 
 from __future__ import annotations
@@ -565,6 +566,8 @@ def record_timings(grid: Grid, folder: Path, rows: list[dict[str, Any]]) -> list
         if r["kind"] == "pretrain" and r["name"] in specs:
             s = specs[r["name"]]
             new.append({**base, "method": s.method, "arch": s.arch, "settings": pretrain_settings(s),
+                        "images": rec.get("images") or s.images, "epochs": rec.get("epochs") or s.epochs,
+                        "resolution": s.resolution,
                         "job_s": round(r["wall_s"], 2), "in_process_s": rec.get("wall_s"),
                         "train_s": rec.get("train_s")})
         elif r["kind"] == "eval":
@@ -613,6 +616,22 @@ def _from_whole_jobs(meas: list[dict], kind: str, device: str, settings: str,
     return None
 
 
+def overhead_s(jobs: list[dict], device: str, pmeas: dict) -> tuple[float, int] | None:
+    """(median seconds, jobs) a whole pretraining job took beyond its training loop at the throughput model:
+    process start, torch import, data rendering, the first steps' warm-up, checkpoints."""
+    extra = []
+    for m in jobs:
+        if m["kind"] != "pretrain" or m.get("device") != device or not all(
+                m.get(k) for k in ("method", "arch", "images", "epochs", "resolution")):
+            continue
+        spec = PretrainSpec(m.get("name", ""), m["method"], m["arch"], (), {}, int(m["images"]), int(m["epochs"]),
+                            int(m["resolution"]))
+        train, _ = training_hours(spec, device, pmeas)
+        if train is not None:
+            extra.append(m["job_s"] - train * 3600)
+    return (_median(extra), len(extra)) if extra else None
+
+
 def estimate_pretrain(spec: PretrainSpec, device: str, pmeas: dict, jobs: list[dict]) -> dict[str, Any]:
     """A pretraining job's hours on ``device``: whole jobs measured with its settings (the same method and
     architecture first); else the training loop at the measured throughput plus the measured per-job overhead;
@@ -625,18 +644,17 @@ def estimate_pretrain(spec: PretrainSpec, device: str, pmeas: dict, jobs: list[d
     if hit:
         return hit
     train, how = training_hours(spec, device, pmeas)
-    overhead = [m["job_s"] - m["train_s"] for m in jobs
-                if m["kind"] == "pretrain" and m.get("device") == device and m.get("train_s") is not None]
+    overhead = overhead_s(jobs, device, pmeas)
     if train is not None and overhead:
-        extra = _median(overhead)
+        extra, n = overhead
         return {"hours": _sig(train + extra / 3600),
                 "basis": f"training loop at the measured throughput ({how}) + the measured per-job overhead "
-                         f"(process start, data rendering, checkpoints: median {extra:.0f}s over {len(overhead)} "
-                         f"whole jobs on {device}); a kNN monitor during training is not counted"}
+                         f"(median {extra:.0f}s over {n} whole jobs on {device}); a kNN monitor during training is "
+                         "not counted"}
     if train is not None:
         return {"hours": None, "floor_hours": _sig(train),
-                "basis": f"no whole pretraining job measured on {device}: only the training loop's hours are known "
-                         "(floor_hours); process start, data rendering and monitoring are not"}
+                "basis": f"no measurement of a whole pretraining job on {device}: only the training loop's hours are "
+                         "known (floor_hours); process start, data rendering and monitoring are not"}
     return {"hours": None, "basis": how}
 
 
@@ -650,8 +668,8 @@ def estimate_eval(arch: str | None, settings: str, device: str, jobs: list[dict]
     if hit:
         return hit
     return {"hours": None, "floor_hours": None if floor is None else _sig(floor),
-            "basis": f"no eval job with these settings measured on {device} (encoding alone, floor_hours, leaves "
-                     "out data rendering and head training)"}
+            "basis": f"no measurement of an eval job with these settings on {device} (encoding alone, floor_hours, "
+                     "leaves out data rendering and head training)"}
 
 
 # ---------------------------------------------------------------------------------------------------- plan

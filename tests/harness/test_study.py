@@ -226,3 +226,51 @@ def test_a_study_interrupted_mid_way_resumes_without_redoing_finished_jobs(tmp_p
     assert len(evals) == 2 and all(t["share"] == 2 for t in evals)  # one eval process served both encoders
     eval_wall = next(r["wall_s"] for r in rows if r["kind"] == "eval")
     assert evals[0]["job_s"] == pytest.approx(eval_wall / 2, abs=0.01)
+
+
+def test_estimates_come_from_measured_whole_jobs_else_throughput_plus_measured_overhead_else_none():
+    """Hand-made measurements: the tiers of rule 1 (same settings), the study's own jobs first, rule 2 (the
+    training loop at the throughput + the overhead the whole jobs measured beyond it), and no number without both."""
+    from harness.study import OWN, PretrainSpec, estimate_eval, estimate_pretrain
+
+    def spec(method, arch, images=32, settings=("--limit", "32")):
+        return PretrainSpec(f"{method}_{arch}", method, arch, settings, {}, images, 1, 64)
+
+    def job(method, arch, job_s, source="study_x.json", settings="--limit 32"):
+        return {"kind": "pretrain", "name": f"{method}_{arch}", "method": method, "arch": arch, "device": "cpu",
+                "settings": settings, "images": 32, "epochs": 1, "resolution": 64, "job_s": job_s, "source": source}
+
+    jobs = [job("rotnet", "resnet18", 43.2), job("rotnet", "squeezenet1_1", 20.0), job("byol", "resnet18", 100.0)]
+    pmeas = {("rotnet", "cpu"): {"images_per_s": 10.0, "source": "bench.json"}}  # resnet18 at 64 px
+    hours = {m: estimate_pretrain(spec(*m), "cpu", pmeas, jobs) for m in
+             [("rotnet", "resnet18"), ("rotnet", "mobilenet_v2"), ("simclr", "resnet18"), ("simclr", "squeezenet1_1")]}
+    assert hours["rotnet", "resnet18"]["hours"] == _sig4(43.2 / 3600)
+    assert "same method and architecture" in hours["rotnet", "resnet18"]["basis"]
+    assert hours["rotnet", "mobilenet_v2"]["hours"] == _sig4((43.2 + 20.0) / 2 / 3600)  # median of rotnet's two
+    assert hours["simclr", "resnet18"]["hours"] == _sig4((43.2 + 100.0) / 2 / 3600)  # the two resnet18 jobs
+    assert "same architecture, other methods" in hours["simclr", "resnet18"]["basis"]
+    assert hours["simclr", "squeezenet1_1"]["hours"] == _sig4(20.0 / 3600)
+    assert estimate_pretrain(spec("simclr", "vgg"), "cpu", pmeas, jobs)["hours"] == _sig4(43.2 / 3600)  # all three
+    own = estimate_pretrain(spec("simclr", "squeezenet1_1"), "cpu", pmeas,
+                            [*jobs, job("byol", "mobilenet_v2", 7.0, source=OWN)])
+    assert own["hours"] == _sig4(7.0 / 3600) and OWN in own["basis"]  # this study's own jobs before any file's
+
+    # settings never measured whole: 3600 images at 10/s = 360 s of training + the overhead beyond the training
+    # loop that the rotnet jobs measured (resnet18: 43.2 - 32/10 s; squeezenet: 20 s - 32 images at 10/s scaled by
+    # the FLOPs ratio; byol has no throughput measured)
+    from encoders.archs import arch_cost
+
+    ratio = arch_cost("squeezenet1_1", 64)["flops"] / arch_cost("resnet18", 64)["flops"]
+    big = spec("rotnet", "resnet18", images=3600, settings=("--limit", "3600"))
+    rule2 = estimate_pretrain(big, "cpu", pmeas, jobs)
+    overhead = ((43.2 - 3.2) + (20.0 - 3.2 * ratio)) / 2
+    assert rule2["hours"] == _sig4((360 + overhead) / 3600) and "overhead" in rule2["basis"]
+    alone = estimate_pretrain(big, "cpu", pmeas, [])
+    assert alone["hours"] is None and alone["floor_hours"] == _sig4(360 / 3600)  # a floor, never the estimate
+    assert estimate_pretrain(spec("splitbrain", "resnet18"), "cpu", pmeas, [])["hours"] is None
+
+    ev = {"kind": "eval", "name": "e", "arch": "resnet18", "device": "cpu", "settings": "synth_shape_cls --limit 64",
+          "job_s": 30.0, "source": "study_x.json"}
+    assert estimate_eval("squeezenet1_1", "synth_shape_cls --limit 64", "cpu", [ev], 1e-6)["hours"] == _sig4(30 / 3600)
+    none = estimate_eval("resnet18", "synth_count --limit 64", "cpu", [ev], 1e-6)
+    assert none["hours"] is None and none["floor_hours"] == 1e-6 and "no measurement" in none["basis"]
