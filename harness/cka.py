@@ -16,27 +16,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+# The options and their choices are declared in cka_options (no torch: the command line is built from them).
+from .cka_options import ESTIMATORS, FEATURE_MODES, KERNELS, CKAOptions, min_batch
 from .common.errors import HarnessError, UsageError
-
-Kernel = Literal["linear", "rbf"]
-Estimator = Literal["biased", "unbiased"]
-KERNELS: tuple[str, ...] = ("linear", "rbf")
-ESTIMATORS: tuple[str, ...] = ("biased", "unbiased")
-FEATURE_MODES: tuple[str, ...] = ("flatten", "pool")
 
 # Columns per float64 chunk when forming a Gram: bounds the float64 copy of a wide tap
 # (B x 2**22 / B doubles = 32 MiB) whatever the tap's flattened width.
 _GRAM_CHUNK_ELEMENTS = 1 << 22
-
-
-def min_batch(estimator: str) -> int:
-    """Smallest batch an estimator is defined on (unbiased HSIC divides by n(n-3))."""
-    return 4 if estimator == "unbiased" else 2
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -179,28 +169,6 @@ class MinibatchCKA:
 
 
 @dataclass
-class CKAOptions:
-    encoders: list[str]
-    data: str = "synthetic"
-    limit: int = 1024
-    resolution: int | None = None
-    out: Path = Path("results/cka")
-    batch_size: int = 64
-    estimator: str = "unbiased"
-    kernel: str = "linear"
-    rbf_threshold: float = 1.0
-    feature_mode: str = "flatten"
-    taps: list[str] | None = None
-    seed: int = 0
-    encoder_seed: int = 0
-    device: str | None = None
-    data_root: Path | None = None
-    split: str | None = None
-    num_workers: int = 0
-    heatmaps: bool = True
-
-
-@dataclass
 class CKAResult:
     """The JSON document of ``harness cka --json`` (docs/cli.md field names, more welcome)."""
 
@@ -337,14 +305,6 @@ def run_cka(opts: CKAOptions) -> CKAResult:
     from .common.progress import progress
     from .features import loader
 
-    _check_choice("estimator", opts.estimator, ESTIMATORS)
-    _check_choice("kernel", opts.kernel, KERNELS)
-    _check_choice("feature mode", opts.feature_mode, FEATURE_MODES)
-    if not opts.encoders:
-        raise UsageError("give at least one --encoder")
-    if opts.batch_size < min_batch(opts.estimator):
-        raise UsageError(f"--batch-size {opts.batch_size}: minibatch CKA with the {opts.estimator} estimator "
-                         f"needs batches of at least {min_batch(opts.estimator)} images")
     t0 = time.perf_counter()
     device = resolve_device(opts.device)
     encoders = [create_encoder(name, opts.encoder_seed) for name in opts.encoders]

@@ -12,8 +12,10 @@ from typing import Annotated, Optional
 import typer
 import typer.main
 
+from .cka_options import CKAOptions
 from .common.errors import HarnessError, UsageError
 from .common.options import Parsed, command
+from .common.pretrain_options import PretrainOptions
 from .eval_options import EvalOptions
 from .sweep import OWN_OPTIONS, SweepOptions
 
@@ -23,7 +25,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="stdout carries only one JSON document")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N (default: best available)")]
 
 
 @app.callback()
@@ -589,57 +590,13 @@ PRETRAIN_HELP = (
 
 
 @app.command(help=PRETRAIN_HELP)
-def pretrain(
-    method: Annotated[str, typer.Option("--method", "-m", help="mocov2, mocov1, swav, simclr, byol")],
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="'synth' (default) or an image folder "
-                                                                    "(repeat to combine)")] = None,
-    variant: Annotated[str, typer.Option("--variant", help="full, half, quarter, lin, log")] = "full",
-    manifest: Annotated[Path | None, typer.Option("--manifest", help="reuse a saved manifest.json")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="'small': the CPU recipe per method (which "
-                                                                "learn on synth: encoders/pretrain/README.md); "
-                                                                "options and --set override it")] = None,
-    corrupt: Annotated[str | None, typer.Option("--corrupt", help="corrupt the pretraining images first: "
-                                                                  "jpeg:Q, downsample:F, saltpepper:P, blur:S")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="any architecture `harness encoders` lists (resnet18, "
-                                                     "resnetv2_50, revnet50, vgg19_bn, mobilenet_v2, "
-                                                     "shufflenet_v2_x1_0, squeezenet1_1, efficientnet_lite0, "
-                                                     "vit_small_patch16, ...) or a widened BASE_xK "
-                                                     "(resnet50_x8)")] = "resnet18",
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="default: the method's")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=2, help="global batch")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="default: published lr x batch/ref")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="at most N training images")] = None,
-    resolution: Annotated[int | None, typer.Option("--resolution", min=16, help="crop size")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: DeviceOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="runs folder: each run in OUT/NAME/ (manifest, last.pt "
-                                                      "to resume, the encoder NAME.pt)")] = Path("runs/pretrain"),
-    name: Annotated[str | None, typer.Option("--name", help="run (and encoder) name")] = None,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="method setting KEY=VALUE, e.g. "
-                                                         "queue=4096, temperature=0.2, optim.lr=0.1")] = None,
-    save_every: Annotated[int, typer.Option("--save-every", min=0, help="also checkpoint every N steps")] = 0,
-    knn_every: Annotated[int | None, typer.Option("--knn-every", min=0, help="epochs between kNN checks "
-                                                                            "(default 1, or the preset's)")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="default: on for CUDA")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from last.pt")] = True,
-    json_out: JsonOpt = False,
-) -> None:
+@command(PretrainOptions)
+def pretrain(parsed: Parsed[PretrainOptions], json_out: JsonOpt = False) -> None:
     """Train an encoder with a self-supervised method (the help: PRETRAIN_HELP)."""
-    from encoders.pretrain.train import PretrainOptions, run_pretrain
+    opts = parsed.build()  # checked (harness.common.options.check) before torch is imported
+    from encoders.pretrain.train import run_pretrain
 
-    overrides = {}
-    for item in setting or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: use KEY=VALUE")
-        overrides[key.strip()] = value.strip()
-    result = run_pretrain(PretrainOptions(
-        method=method, data=data or ["synth"], variant=variant, manifest=manifest, preset=preset, corrupt=corrupt,
-        arch=arch, epochs=epochs,
-        batch_size=batch_size, lr=lr, limit=limit, resolution=resolution, seed=seed, device=device, out=out,
-        name=name, overrides=overrides, save_every=save_every, knn_every=knn_every, workers=workers, amp=amp,
-        resume=resume))
+    result = run_pretrain(opts)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if json_out:
@@ -653,42 +610,18 @@ def pretrain(
 
 
 @app.command()
-def cka(
-    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="catalog name or checkpoint path (repeatable)")],
-    data: Annotated[str, typer.Option("--data", help="synthetic, a task name (task:NAME), or an image folder "
-                                                     "(folder:PATH, one sub-folder per class)")] = "synthetic",
-    limit: Annotated[int, typer.Option("--limit", min=1, help="N images, class-balanced (N // classes each)")] = 1024,
-    resolution: Annotated[int | None, typer.Option("--resolution", min=16, help="input size (default: the "
-                                                      "data's own; 112 for folders)")] = None,
-    out: Annotated[Path, typer.Option("--out", help="where cka.json and the heatmaps go")] = Path("results/cka"),
-    batch_size: Annotated[int, typer.Option("--batch-size", help="minibatch size (>= 4 for unbiased)")] = 64,
-    estimator: Annotated[str, typer.Option("--estimator", help="unbiased (minibatch, Nguyen et al.) or biased")] = (
-        "unbiased"),
-    kernel: Annotated[str, typer.Option("--kernel", help="linear or rbf")] = "linear",
-    rbf_threshold: Annotated[float, typer.Option("--rbf-threshold", help="RBF bandwidth / median distance")] = 1.0,
-    features: Annotated[str, typer.Option("--features", help="flatten spatial maps, or pool them")] = "flatten",
-    taps: Annotated[list[str] | None, typer.Option("--tap", help="tap to compare (repeatable; default all)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the balanced subset")] = 0,
-    encoder_seed: Annotated[int, typer.Option("--encoder-seed", help="seed of a random-init encoder")] = 0,
-    device: DeviceOpt = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="where real datasets live")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="split of a task / synthetic data")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
-    json_out: JsonOpt = False,
-) -> None:
+@command(CKAOptions)
+def cka(parsed: Parsed[CKAOptions], json_out: JsonOpt = False) -> None:
     """Compare block representations within and across encoders with CKA."""
-    from .cka import CKAOptions, dumps, format_table, run_cka
+    opts = parsed.build()  # checked (harness.common.options.check) before torch is imported
+    from .cka import dumps, format_table, run_cka
 
-    opts = CKAOptions(encoders=encoder, data=data, limit=limit, resolution=resolution, out=out,
-                      batch_size=batch_size, estimator=estimator, kernel=kernel, rbf_threshold=rbf_threshold,
-                      feature_mode=features, taps=taps or None, seed=seed, encoder_seed=encoder_seed, device=device,
-                      data_root=data_root, split=split, num_workers=workers)
     result = run_cka(opts)
     if json_out:
         sys.stdout.write(dumps(result) + "\n")
     else:
         typer.echo(format_table(result))
-        typer.echo(f"\nwrote {Path(out) / 'cka.json'} and {len(result.heatmaps)} heatmap(s)")
+        typer.echo(f"\nwrote {Path(opts.out) / 'cka.json'} and {len(result.heatmaps)} heatmap(s)")
 
 
 @app.command()

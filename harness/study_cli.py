@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from .common.errors import UsageError
 from .common.options import Parsed
 from .eval_options import EvalOptions
 
@@ -187,18 +186,9 @@ def study_pretrain_job(
 ) -> None:
     """One pretraining run of a study (what ``study run`` submits): ``harness pretrain`` with its options after
     ``--``, timed, with its record (cost, train time, energy) written for the sweep to find."""
-    from encoders.pretrain.train import PretrainOptions
-
+    from .common.pretrain_options import PretrainOptions
     from .study import run_pretrain_job
 
-    params = _parser(ctx, "pretrain")(list(ctx.args))
-    params.pop("json_out", None)
-    overrides = {}
-    for item in params.pop("setting", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: use KEY=VALUE")
-        overrides[key.strip()] = value.strip()
-    params["data"] = params.get("data") or ["synth"]
-    doc = run_pretrain_job(record, PretrainOptions(**params, overrides=overrides))
+    options = Parsed(PretrainOptions, _parser(ctx, "pretrain")(list(ctx.args))).build()
+    doc = run_pretrain_job(record, options)
     typer.echo(f"{doc['name']}: {doc['train_s']:.1f}s of training -> {doc['checkpoint']}")

@@ -31,6 +31,7 @@ from harness.common.atomic import atomic_path
 from harness.common.device import cpu_has_bf16, resolve_device
 from harness.common.errors import HarnessError, UsageError
 from harness.common.paths import user_encoders_dir
+from harness.common.pretrain_options import PretrainOptions  # declared with its command-line options
 from harness.common.progress import progress
 from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD
 
@@ -43,36 +44,6 @@ from .distributed import World, init_from_env, maybe_sync_bn
 from .knn import knn_accuracy
 from .lars import LARS
 from .presets import get_preset
-
-
-@dataclass
-class PretrainOptions:
-    method: str
-    data: list[str] = field(default_factory=lambda: [SYNTH])
-    preset: str | None = None  # presets.py: a bundle of the settings below; explicit ones win
-    corrupt: str | None = None  # corrupt.py: jpeg:Q, downsample:F, saltpepper:P, blur:S
-    variant: str = "full"
-    manifest: Path | None = None
-    arch: str = "resnet18"
-    epochs: int | None = None  # None: the method's published epochs
-    batch_size: int | None = None  # global; None: the method's published batch
-    lr: float | None = None  # None: published lr scaled linearly to the batch
-    limit: int | None = None
-    resolution: int | None = None  # None: 64 for synth, 224 for folders
-    seed: int = 0
-    device: str | None = None
-    out: Path = Path("runs/pretrain")
-    name: str | None = None
-    overrides: dict[str, str] = field(default_factory=dict)
-    save_every: int = 0  # also save last.pt every N steps (0: at epoch ends only)
-    knn_every: int | None = None  # epochs between kNN checks (0: never; None: the preset's, else 1)
-    knn_bank: int = 1000
-    knn_queries: int = 250
-    knn_k: int = 20
-    workers: int = 0
-    amp: bool | None = None  # None: on for CUDA
-    channels_last: bool | None = None  # None: on for CUDA and for float32 on a CPU
-    resume: bool = True
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float, opt: OptimDefaults) -> float:
