@@ -17,6 +17,7 @@ from .common.errors import HarnessError, UsageError
 from .common.options import Parsed, command
 from .common.pretrain_options import PretrainOptions
 from .eval_options import EvalOptions
+from .report_options import ReportOptions
 from .sweep import OWN_OPTIONS, SweepOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -625,25 +626,19 @@ def cka(parsed: Parsed[CKAOptions], json_out: JsonOpt = False) -> None:
 
 
 @app.command()
+@command(ReportOptions)
 def report(
+    parsed: Parsed[ReportOptions],
     results_dir: Annotated[Path, typer.Argument(help="folder of result records (searched recursively)")],
     out: Annotated[Optional[Path], typer.Option("--out", help="where report.json, tables and figures go "
                                                               "(default: RESULTS_DIR/report)")] = None,
-    baseline: Annotated[str, typer.Option("--baseline", help="the supervised baseline encoder")] = "supervised_in",
-    group_by: Annotated[str, typer.Option("--group-by", help="method, data, epochs, balanced or corruption "
-                                                             "(A minus B)")] = (
-        "method"),
-    a: Annotated[Optional[str], typer.Option("--a", help="group A (default: the most frequent value)")] = None,
-    b: Annotated[Optional[str], typer.Option("--b", help="group B (default: the second most frequent)")] = None,
-    imagenet_task: Annotated[str, typer.Option("--imagenet-task", help="the task whose test score is ImageNet "
-                                                                       "top-1")] = "imagenet_cls",
     json_out: JsonOpt = False,
 ) -> None:
     """Aggregate result records into tables and figures (the paper's analyses)."""
-    from .report import ReportOptions, build_report, status_lines, summary_table
+    opts = parsed.build()  # checked before pandas is imported
+    from .report import build_report, status_lines, summary_table
 
-    doc = build_report(results_dir, out, ReportOptions(baseline=baseline, group_by=group_by, a=a, b=b,
-                                                       imagenet_task=imagenet_task))
+    doc = build_report(results_dir, out, opts)
     if json_out:
         _emit(doc)
         for line in status_lines(doc):

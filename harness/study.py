@@ -25,13 +25,14 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .common.atomic import write_json
 from .common.errors import HarnessError, UsageError, unknown_name
 from .common.progress import log
+from .study_options import SCALES, StudyOptions, StudyRunOptions, check_scale, parse_only
 from .sweep import (
     EXECUTORS,
     Job,
@@ -51,11 +52,6 @@ BENCHMARKS = ROOT / "benchmarks" / "results"
 ParseEval = Callable[[list[str]], Any]  # an eval command line -> EvalOptions (eval's own parser)
 STUDY_FILE = "study.json"
 PRETRAIN_RECORD = "pretrain.json"
-SCALES: dict[str, str] = {
-    "paper": "the paper's settings: its data (an image folder you give with --data), epochs and tasks",
-    "small": "what a 2-core CPU runs in minutes: --preset small recipes on the synthetic corpus, 32 px, a few "
-             "images, 1 epoch, heads trained briefly on the synthetic tasks",
-}
 
 
 # ------------------------------------------------------------------------------------------- declarations
@@ -129,11 +125,6 @@ def get_study(name: str) -> Study:
         raise UsageError(f"unknown study {name!r}; known: {', '.join(sorted(STUDIES))} (`harness study list` says what "
                          "each is)")
     return STUDIES[name]
-
-
-def check_scale(scale: str) -> None:
-    if scale not in SCALES:
-        raise UsageError(f"--scale {scale!r}: use {' or '.join(SCALES)}")
 
 
 # Small scale: each pretraining run is a few steps of its --preset small recipe at 32 px on synthetic renders, and
@@ -276,18 +267,6 @@ register_study(Study("seed000", "A population of sampled architectures (SSL arch
 
 # ------------------------------------------------------------------------------------------------ filters
 
-def parse_only(items: list[str] | None) -> dict[str, set[str]]:
-    """``--only method=rotnet,arch=resnet18`` (repeatable; ``|`` between values of one axis)."""
-    out: dict[str, set[str]] = {}
-    for item in items or []:
-        for part in filter(None, (p.strip() for p in item.split(","))):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip() or not value.strip():
-                raise UsageError(f"--only {item!r}: use AXIS=VALUE[,AXIS=VALUE], e.g. method=rotnet,arch=resnet18")
-            out.setdefault(key.strip(), set()).update(v.strip() for v in value.split("|"))
-    return out
-
-
 def _keeps(axes: dict[str, str], only: dict[str, set[str]]) -> bool:
     return all(axes[k] in vals for k, vals in only.items() if k in axes)
 
@@ -313,30 +292,6 @@ def select(grid: Grid, only: dict[str, set[str]]) -> Grid:
 
 
 # ----------------------------------------------------------------------------------------------- planning
-
-@dataclass
-class StudyOptions:
-    study: str
-    scale: str = "paper"
-    out: Path | None = None
-    epochs: int | None = None
-    data: str | None = None
-    only: dict[str, set[str]] = field(default_factory=dict)
-    device: str | None = None
-    gpu: str | None = None  # the GPU named in the estimate (default: the one measured)
-    executor: str = "local"
-    max_parallel: int | None = None
-    retries: int = 1
-    gpus_per_job: int = 1
-    slurm: dict[str, Any] = field(default_factory=dict)
-    poll_s: float = 1.0
-
-    @property
-    def folder(self) -> Path:
-        if self.out is not None:
-            return Path(self.out)
-        return Path("studies") / (self.study if self.scale == "paper" else f"{self.study}_{self.scale}")
-
 
 def resolve(opts: StudyOptions) -> tuple[Study, Grid]:
     check_scale(opts.scale)
@@ -382,9 +337,7 @@ def _sweep_options(opts: StudyOptions, parse_eval: ParseEval, encoders: list[str
     full = ["--encoder", encoders[0] if encoders else "-", *(a for t in tasks for a in ("--task", t)), "--out",
             str(out), *args]
     return SweepOptions(encoders=encoders, tasks=tasks, eval_args=args, eval=parse_eval(full), out=out,
-                        executor=opts.executor, gpus_per_job=opts.gpus_per_job, max_parallel=opts.max_parallel,
-                        retries=opts.retries, poll_s=opts.poll_s,
-                        **{f"slurm_{k}": v for k, v in opts.slurm.items() if v is not None})
+                        **opts.sweep_settings())
 
 
 def eval_sweep(grid: Grid, opts: StudyOptions, parse_eval: ParseEval, ready: set[str]
@@ -807,10 +760,8 @@ def run_pretrain_round(jobs: list[Job], opts: SweepOptions, folder: Path) -> Non
         queue = again + (rest if opts.executor != "slurm" else [])
 
 
-def run_study(opts: StudyOptions, parse_eval: ParseEval) -> dict[str, Any]:
+def run_study(opts: StudyRunOptions, parse_eval: ParseEval) -> dict[str, Any]:
     """Pretraining runs, then evals, each round through the sweep's executor; existing records skipped."""
-    if opts.executor not in EXECUTORS:
-        raise UsageError(f"--executor {opts.executor!r}: use {' or '.join(EXECUTORS)}")
     t0 = time.perf_counter()
     study, grid = resolve(opts)
     folder = opts.folder
@@ -954,5 +905,5 @@ def run_pretrain_job(record: Path, options) -> dict[str, Any]:
     return doc
 
 
-__all__ = ["SCALES", "STUDIES", "Grid", "PretrainSpec", "Study", "StudyOptions", "TableLayout", "get_study",
-           "parse_only", "plan_study", "register_study", "run_pretrain_job", "run_study"]
+__all__ = ["SCALES", "STUDIES", "Grid", "PretrainSpec", "Study", "StudyOptions", "StudyRunOptions", "TableLayout",
+           "check_scale", "get_study", "parse_only", "plan_study", "register_study", "run_pretrain_job", "run_study"]

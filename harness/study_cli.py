@@ -10,24 +10,15 @@ from typing import Annotated
 
 import typer
 
-from .common.options import Parsed
+from .common.options import Parsed, command
 from .eval_options import EvalOptions
+from .study_options import StudyOptions, StudyPlanOptions, StudyRunOptions
 
 study_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="The papers' studies as declared grids of pretrain and eval jobs: list, plan, run.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="stdout carries only one JSON document")]
 NameArg = Annotated[str, typer.Argument(help="the study (harness study list)")]
-ScaleOpt = Annotated[str, typer.Option("--scale", help="paper: the paper's settings; small: minutes on a CPU")]
-OnlyOpt = Annotated[list[str] | None, typer.Option(
-    "--only", help="cut the grid: AXIS=VALUE[,AXIS=VALUE] (repeatable; '|' between values), e.g. "
-                   "method=rotnet,arch=resnet18")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="pretraining epochs (default: the "
-                                                  "scale's)")]
-DataOpt = Annotated[str | None, typer.Option("--data", help="pretraining image folder (paper scale)")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="the study's folder (default: studies/NAME, "
-                                                "studies/NAME_SCALE below the paper scale)")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: best available)")]
 
 
 def _emit(obj) -> None:
@@ -95,19 +86,16 @@ def study_list(json_out: JsonOpt = False) -> None:
 
 
 @study_app.command("plan")
-def study_plan(
-    ctx: typer.Context, name: NameArg, scale: ScaleOpt = "paper", only: OnlyOpt = None, epochs: EpochsOpt = None,
-    data: DataOpt = None, out: OutOpt = None, device: DeviceOpt = None,
-    gpu: Annotated[str | None, typer.Option("--gpu", help="the GPU to estimate for, by name (H200, ...; "
-                                               "default: the one measured)")] = None,
-    json_out: JsonOpt = False,
-) -> None:
+@command(StudyPlanOptions)
+def study_plan(ctx: typer.Context, parsed: Parsed[StudyPlanOptions], name: NameArg, json_out: JsonOpt = False) -> None:
     """Every job of a study, whether its record exists, and the estimated hours here and on a GPU (from the
     throughput measured in benchmarks/results; 'no measurement' where there is none)."""
-    from .study import StudyOptions, parse_only, plan_study
+    _show_plan(ctx, parsed.build(study=name), json_out)
 
-    opts = StudyOptions(study=name, scale=scale, out=out, epochs=epochs, data=data, only=parse_only(only),
-                        device=device, gpu=gpu)
+
+def _show_plan(ctx: typer.Context, opts: StudyOptions, json_out: bool) -> None:
+    from .study import plan_study
+
     doc = plan_study(opts, _eval_parser(ctx))
     if json_out:
         _emit(doc)
@@ -134,33 +122,16 @@ def study_plan(
 
 
 @study_app.command("run")
-def study_run(
-    ctx: typer.Context, name: NameArg, scale: ScaleOpt = "paper", only: OnlyOpt = None, epochs: EpochsOpt = None,
-    data: DataOpt = None, out: OutOpt = None, device: DeviceOpt = None,
-    executor: Annotated[str, typer.Option("--executor", help="local or slurm")] = "local",
-    gpus_per_job: Annotated[int, typer.Option("--gpus-per-job", min=1)] = 1,
-    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1, help="jobs at once")] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="extra attempts of a failed job")] = 1,
-    slurm_partition: Annotated[str | None, typer.Option("--slurm-partition")] = None,
-    slurm_time: Annotated[int | None, typer.Option("--slurm-time", min=1, help="minutes per job")] = None,
-    slurm_mem: Annotated[int | None, typer.Option("--slurm-mem", min=1, help="GB per job")] = None,
-    slurm_cpus: Annotated[int | None, typer.Option("--slurm-cpus", min=1, help="CPUs per job")] = None,
-    slurm_account: Annotated[str | None, typer.Option("--slurm-account")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="the plan; run nothing")] = False,
-    json_out: JsonOpt = False,
-) -> None:
+@command(StudyRunOptions)
+def study_run(ctx: typer.Context, parsed: Parsed[StudyRunOptions], name: NameArg, json_out: JsonOpt = False) -> None:
     """Run a study: its pretraining runs, then its evals, through the sweep's executors (records that exist are
     skipped, failed jobs retried; run it again after an interruption and it resumes). Then: harness report OUT."""
-    from .study import StudyOptions, parse_only, run_study
-
-    opts = StudyOptions(study=name, scale=scale, out=out, epochs=epochs, data=data, only=parse_only(only),
-                        device=device, executor=executor, gpus_per_job=gpus_per_job, max_parallel=max_parallel,
-                        retries=retries, slurm={"partition": slurm_partition, "time": slurm_time, "mem": slurm_mem,
-                                                "cpus": slurm_cpus, "account": slurm_account})
-    if dry_run:
-        ctx.invoke(study_plan, ctx=ctx, name=name, scale=scale, only=only, epochs=epochs, data=data, out=out,
-                   device=device, json_out=json_out)
+    opts = parsed.build(study=name)
+    if opts.dry_run:
+        _show_plan(ctx, opts, json_out)
         return
+    from .study import run_study
+
     doc = run_study(opts, _eval_parser(ctx))
     if json_out:
         _emit(doc)

@@ -1,28 +1,24 @@
-"""Shared vocabulary of the report: options, what an analysis returns, the Skip signal."""
+"""Shared vocabulary of the report: options (declared in harness/report_options.py, which imports no pandas),
+what an analysis returns, the Skip signal."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_BASELINE = "supervised_in"
-
-
-IMAGENET_TASK = "imagenet_cls"
-
+from ..report_options import GROUP_FIELDS as GROUP_FIELDS  # re-exported: the report's modules import them from here
+from ..report_options import ReportOptions as ReportOptions
 
 CATEGORY_ORDER: tuple[str, ...] = ("semantic image-level", "structural image-level", "semantic pixelwise",
                                    "structural pixelwise")
 
 
 META_FIELDS: tuple[str, ...] = ("method", "data", "size", "epochs", "balanced", "corruption")
-GROUP_FIELDS: tuple[str, ...] = ("method", "data", "epochs", "balanced", "corruption")
 
 
 ANOVA_FACTORS: tuple[str, ...] = ("method", "balanced", "size", "epochs")
@@ -36,16 +32,6 @@ MIN_ENCODERS_FOR_CORRELATION = 3
 
 class Skip(Exception):
     """An analysis lacks the data it needs; the message is the one-line reason."""
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    baseline: str = DEFAULT_BASELINE
-    group_by: str = "method"
-    a: str | None = None  # group A value; None: the most frequent value of ``group_by``
-    b: str | None = None
-    imagenet_task: str = IMAGENET_TASK
-    results_dir: Path | None = None  # the records' folder (set by build_report): for a study's study.json
 
 
 @dataclass

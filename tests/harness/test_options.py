@@ -16,28 +16,40 @@ from harness.common.errors import UsageError
 from harness.common.options import PRECISIONS, Parsed, cli_fields
 from harness.common.pretrain_options import PretrainOptions
 from harness.eval_options import Decode, EvalOptions
+from harness.report_options import GROUP_FIELDS, ReportOptions
+from harness.study_options import StudyOptions, StudyPlanOptions, StudyRunOptions
 from harness.sweep import EXECUTORS, Executor, SweepOptions
 
 ROOT = Path(__file__).resolve().parents[2]
-OWN = {"json_out"}  # parameters of the command itself, not of its options object
+# parameters of the command itself (its arguments, and options that are not the object's), not of its options object
+OWN = {"report": {"json_out", "results_dir", "out"}, "study plan": {"json_out", "name"},
+       "study run": {"json_out", "name"}}
 NOT_OPTIONS = {EvalOptions: {"encoder", "debug", "notes"}, SweepOptions: {"eval_args", "eval", "poll_s"},
-               PretrainOptions: {"knn_bank", "knn_queries", "knn_k", "channels_last"}, CKAOptions: {"heatmaps"}}
-COMMANDS = [("eval", EvalOptions), ("sweep", SweepOptions), ("pretrain", PretrainOptions), ("cka", CKAOptions)]
+               PretrainOptions: {"knn_bank", "knn_queries", "knn_k", "channels_last"}, CKAOptions: {"heatmaps"},
+               ReportOptions: {"results_dir"}, StudyPlanOptions: {"study"}, StudyRunOptions: {"study", "gpu", "poll_s"}}
+COMMANDS = [("eval", EvalOptions), ("sweep", SweepOptions), ("pretrain", PretrainOptions), ("cka", CKAOptions),
+            ("report", ReportOptions), ("study plan", StudyPlanOptions), ("study run", StudyRunOptions)]
 
 
 def _command(name: str):
-    return typer.main.get_command(app).commands[name]
+    """A command by its path below the root (``study plan``: the plan command of the study group)."""
+    cmd = typer.main.get_command(app)
+    for part in name.split():
+        cmd = cmd.commands[part]
+    return cmd
 
 
 def _parse(name: str, args: list[str]):
     """A command line -> the command's options object, by the command's own parser."""
     cls = dict(COMMANDS)[name]
-    return Parsed(cls, _command(name).make_context(f"harness {name}", list(args)).params).build()
+    params = _command(name).make_context(f"harness {name}", list(args)).params
+    return Parsed(cls, params).build(**({"study": params["name"]} if name.startswith("study ") else {}))
 
 
 @pytest.mark.parametrize(("name", "cls"), COMMANDS)
 def test_every_option_is_a_field_and_every_field_an_option(name, cls):
-    params = {p.name: p for p in _command(name).params if p.name not in OWN and p.name != "help"}
+    own = OWN.get(name, {"json_out"})
+    params = {p.name: p for p in _command(name).params if p.name not in own and p.name != "help"}
     fields = {f.name: cli for f, cli in cli_fields(cls)}
     assert set(params) == set(fields)
     assert {f.name for f in dataclasses.fields(cls)} - set(fields) == NOT_OPTIONS[cls]
@@ -47,18 +59,22 @@ def test_every_option_is_a_field_and_every_field_an_option(name, cls):
         assert set(params[field_name].opts) | set(params[field_name].secondary_opts) == declared, field_name
 
 
-def test_the_command_line_imports_no_torch():
-    """The options objects are built at start-up: declaring them must not pull torch in (`harness --help`)."""
-    code = "import sys, harness.cli; sys.exit('torch' in sys.modules)"
+def test_the_command_line_imports_no_torch_nor_pandas():
+    """The options objects are built at start-up: declaring them must not pull torch or pandas (`harness report`'s
+    analyses) in (`harness --help`)."""
+    code = "import sys, harness.cli; sys.exit('torch' in sys.modules or 'pandas' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
 def test_the_old_homes_hand_out_the_same_classes():
     from encoders.pretrain import train
     from encoders.pretrain.data import SYNTH
-    from harness import cka, common
+    from harness import cka, common, report, study
+    from harness.report import base
 
     assert train.PretrainOptions is PretrainOptions and cka.CKAOptions is CKAOptions
+    assert report.ReportOptions is base.ReportOptions is ReportOptions and base.GROUP_FIELDS is GROUP_FIELDS
+    assert study.StudyOptions is StudyOptions and study.StudyRunOptions is StudyRunOptions
     assert PretrainOptions(method="simclr").data == [SYNTH] == [common.pretrain_options.SYNTH]
 
 
@@ -83,6 +99,54 @@ def test_each_cka_option_reaches_its_field():
     assert (opts.encoders, opts.taps, opts.feature_mode) == (["a", "b"], ["block1", "embedding"], "pool")
     assert (opts.kernel, opts.estimator, opts.batch_size, opts.num_workers) == ("rbf", "biased", 2, 3)
     assert _parse("cka", ["-e", "a"]).taps is None  # no --tap: the encoders' own blocks
+
+
+def test_report_and_study_defaults_on_the_command_line_are_the_objects():
+    assert _parse("report", ["results"]) == ReportOptions()
+    assert _parse("study plan", ["toy"]) == StudyPlanOptions(study="toy")
+    assert _parse("study run", ["toy"]) == StudyRunOptions(study="toy")
+
+
+def test_each_report_option_reaches_its_field():
+    opts = _parse("report", ["results", "--group-by", "data", "--a", "places", "--b", "ImageNet", "--baseline", "sup",
+                             "--imagenet-task", "in1k", "--out", "r"])
+    assert opts == ReportOptions(baseline="sup", group_by="data", a="places", b="ImageNet", imagenet_task="in1k")
+
+
+def test_each_study_option_reaches_its_field():
+    plan = _parse("study plan", ["toy", "--scale", "small", "--only", "method=rotnet|simclr,arch=resnet18", "--only",
+                                 "task=synth_count", "--epochs", "2", "--data", "imgs", "--out", "s", "--gpu", "H200"])
+    assert (plan.study, plan.scale, plan.epochs, plan.data, plan.out, plan.gpu) == ("toy", "small", 2, "imgs",
+                                                                                    Path("s"), "H200")
+    assert plan.only == {"method": {"rotnet", "simclr"}, "arch": {"resnet18"}, "task": {"synth_count"}}
+    assert plan.folder == Path("s") and _parse("study plan", ["toy", "--scale", "small"]).folder == Path(
+        "studies/toy_small")
+    run = _parse("study run", ["toy", "--executor", "slurm", "--gpus-per-job", "2", "--max-parallel", "3", "--retries",
+                               "0", "--slurm-partition", "gpu", "--slurm-time", "60", "--slurm-mem", "32",
+                               "--slurm-cpus", "8", "--slurm-account", "lab", "--dry-run", "--device", "cuda"])
+    assert (run.dry_run, run.device, run.gpu) == (True, "cuda", None)
+    assert run.sweep_settings() == {"executor": "slurm", "gpus_per_job": 2, "max_parallel": 3, "retries": 0,
+                                    "slurm_partition": "gpu", "slurm_time": 60, "slurm_mem": 32, "slurm_cpus": 8,
+                                    "slurm_account": "lab", "poll_s": 1.0}
+
+
+def test_study_run_passes_its_executor_settings_to_the_sweep_as_sweep_declares_them():
+    """study run's executor options are the sweep's: the same fields, flags and bounds, and each reaches the sweep
+    of both rounds (plan: the sweep's defaults)."""
+    from harness.study import _sweep_options
+
+    sweep_fields = {f.name: cli for f, cli in cli_fields(SweepOptions)}
+    for f, cli in cli_fields(StudyRunOptions):
+        if f.name in sweep_fields and f.name != "out":  # --out: the study's folder, not the records'
+            mine, theirs = cli.info, sweep_fields[f.name].info
+            assert (mine.default, mine.param_decls, mine.min, mine.max) == (theirs.default, theirs.param_decls,
+                                                                            theirs.min, theirs.max), f.name
+    run = StudyRunOptions(study="toy", executor="slurm", slurm_mem=32, retries=3, poll_s=0.5)
+    sweep = _sweep_options(run, lambda args: None, ["a"], ["synth_count"], [], Path("r"))
+    assert (sweep.executor, sweep.slurm_mem, sweep.retries, sweep.poll_s, sweep.slurm_time) == ("slurm", 32, 3, 0.5,
+                                                                                                  None)
+    assert _sweep_options(StudyPlanOptions(study="toy"), lambda args: None, ["a"], ["t"], [], Path("r")) == \
+        SweepOptions(encoders=["a"], tasks=["t"], out=Path("r"))
 
 
 def test_eval_defaults_on_the_command_line_are_the_objects():
@@ -131,6 +195,19 @@ def test_python_callers_get_the_same_checks():
     CKAOptions(encoders=["a"], batch_size=3, estimator="biased")  # the biased estimator is defined from 2
     with pytest.raises(UsageError, match=r"^give at least one --encoder$"):
         CKAOptions(encoders=[])
+    with pytest.raises(UsageError, match=r"^--group-by 'arch': use one of method, data, epochs, balanced, "
+                                         r"corruption$"):
+        ReportOptions(group_by="arch")
+    with pytest.raises(UsageError, match=r"^give both --a and --b \(or neither\)$"):
+        ReportOptions(a="SwAV")
+    with pytest.raises(UsageError, match=r"^--scale 'huge': use paper or small$"):
+        StudyPlanOptions(study="toy", scale="huge")
+    with pytest.raises(UsageError, match=r"^--executor 'pbs': use local or slurm$"):
+        StudyRunOptions(study="toy", executor="pbs")
+    with pytest.raises(UsageError, match=r"^--retries -1: use a value >= 0$"):
+        StudyRunOptions(study="toy", retries=-1)
+    with pytest.raises(UsageError, match=r"^--only 'method': use AXIS=VALUE\[,AXIS=VALUE\], e.g. "):
+        _parse("study plan", ["toy", "--only", "method"])
 
 
 def test_a_bad_choice_is_one_line_and_exit_2(tmp_path):
@@ -147,6 +224,19 @@ def test_a_bad_choice_is_one_line_and_exit_2(tmp_path):
                                                      "estimator needs batches of at least 4 images"),
 ])
 def test_pretrain_and_cka_bad_options_are_one_line_and_exit_2(tmp_path, args, line):
+    proc = subprocess.run([sys.executable, "-m", "harness", *args, "--out", str(tmp_path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [line])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["report", "results", "--group-by", "arch"], "error: --group-by 'arch': use one of method, data, epochs, "
+                                                  "balanced, corruption"),
+    (["study", "plan", "fake_paper_study", "--scale", "huge"], "error: --scale 'huge': use paper or small"),
+    (["study", "run", "fake_paper_study", "--executor", "pbs"], "error: --executor 'pbs': use local or slurm"),
+])
+def test_report_and_study_bad_options_are_one_line_and_exit_2(tmp_path, args, line):
     proc = subprocess.run([sys.executable, "-m", "harness", *args, "--out", str(tmp_path)], capture_output=True,
                           text=True, cwd=ROOT)
     assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [line])
