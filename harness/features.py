@@ -20,8 +20,10 @@ writing the cache entry its own run would: one decode for many encoders.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -261,7 +263,7 @@ class OnTheFlyFeatures:
 
 @dataclass
 class Probe:
-    """What one forward pass on sample 0 and a look at a few samples' sizes tell about a split."""
+    """What sample 0 (its tap shapes, ``_tap_shapes``) and a look at a few samples' sizes tell about a split."""
 
     tap_shapes: dict[str, tuple[int, ...]]
     target_shape: tuple[int, ...]
@@ -292,22 +294,64 @@ class Probe:
         return {"taps": self.tap_shapes, "target": self.target_shape}
 
 
-def _probe(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings) -> Probe:
-    """Tap shapes and target shape/dtype from one sample (cheap: one forward pass), and the
-    image sizes of up to SURVEY samples spread over the split (decoded, not encoded)."""
+@dataclass
+class Survey:
+    """A look at a split before it is encoded: sample 0 and the image sizes of up to SURVEY samples
+    spread over it (decoded, not encoded). It depends on the split alone, so a shared pass takes it
+    once for all its encoders."""
+
+    sample: dict[str, torch.Tensor]
+    sizes: list[tuple[int, int]]
+
+
+def survey(dataset: Dataset) -> Survey:
     sample = dataset[0]
-    with torch.no_grad():
-        out = encoder.to(settings.device)(sample["image"].unsqueeze(0).to(settings.device), taps)
-    tap_shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}
-    target = torch.as_tensor(sample["target"])
-    valid = sample.get("valid")
     n = len(dataset)
     picks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SURVEY))} - {0})
-    sizes = [tuple(sample["image"].shape[-2:])] + [tuple(dataset[i]["image"].shape[-2:]) for i in picks]
-    pixels = [h * w for h, w in sizes]
+    return Survey(sample, [tuple(sample["image"].shape[-2:])] + [tuple(dataset[i]["image"].shape[-2:]) for i in picks])
+
+
+def _tap_shapes(encoder: FrozenEncoder, image: torch.Tensor, taps: tuple[str, ...],
+                settings: EncodeSettings) -> dict[str, tuple[int, ...]]:
+    """Per-sample tap shapes for one image, from a forward pass on the meta device (meta copies of the
+    weights: shapes only, no arithmetic, as ``model_cost`` counts FLOPs). An encoder that does what
+    meta tensors cannot (reads a value) gets one real single-image forward instead. Remembered per
+    encoder and input shape: a run's splits (and its reads of what a shared pass wrote) ask again."""
+    known = _TAP_SHAPES.setdefault(encoder, {})
+    if (tuple(image.shape), taps) not in known:
+        known[tuple(image.shape), taps] = _measure_taps(encoder, image.unsqueeze(0), taps, settings)
+    return dict(known[tuple(image.shape), taps])
+
+
+_TAP_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> {(image shape, taps): shapes}
+
+
+def _measure_taps(encoder: FrozenEncoder, x: torch.Tensor, taps: tuple[str, ...],
+                  settings: EncodeSettings) -> dict[str, tuple[int, ...]]:
+    try:
+        meta = {name: torch.empty_like(t, device="meta")
+                for name, t in itertools.chain(encoder.named_parameters(), encoder.named_buffers())}
+        with torch.no_grad():
+            out = torch.func.functional_call(encoder, meta, (torch.empty_like(x, device="meta"), taps))
+    except Exception:  # noqa: BLE001 - any failure on meta tensors: measure for real
+        with torch.no_grad():
+            out = encoder.to(settings.device)(x.to(settings.device), taps)
+    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+
+
+def _probe(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], settings: EncodeSettings,
+           look: Survey | None = None) -> Probe:
+    """Tap shapes (``_tap_shapes``) and target shape/dtype from sample 0, and the surveyed image sizes;
+    ``look``: the split's survey when already taken (by a shared pass for its other encoders)."""
+    look = look if look is not None else survey(dataset)
+    sample = look.sample
+    tap_shapes = _tap_shapes(encoder, sample["image"], taps, settings)
+    target = torch.as_tensor(sample["target"])
+    valid = sample.get("valid")
+    pixels = [h * w for h, w in look.sizes]
     return Probe(tap_shapes, tuple(target.shape), target.numpy().dtype, tuple(valid.shape) if valid is not None
                  else None, pixels[0], int(np.prod(sample["image"].shape[:-3])) or 1, float(np.mean(pixels)),
-                 max(pixels), set(sizes))
+                 max(pixels), set(look.sizes))
 
 
 def get_features(encoder: FrozenEncoder, dataset: Dataset, taps: tuple[str, ...], key: FeatureKey,
@@ -481,11 +525,13 @@ def encode_shared(jobs: list[SharedJob], dataset: Dataset, settings: EncodeSetti
     budget = settings.memory_budget if settings.memory_budget is not None else batch_memory_budget(settings.device)
     todo: list[tuple[SharedJob, Probe, float, EntryLock]] = []
     batch = settings.batch_size
+    look = None
     try:
         for job in jobs:
             if _present(job.key, root):
                 continue
-            probe = _probe(job.encoder, dataset, job.taps, settings)
+            look = look if look is not None else survey(dataset)  # once per split, for every encoder
+            probe = _probe(job.encoder, dataset, job.taps, settings, look)
             est = n * probe.tap_bytes(probe.mean_pixels, np.dtype(job.key.dtype).itemsize)
             if est > settings.disk_budget:
                 continue

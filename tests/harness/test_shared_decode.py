@@ -10,7 +10,7 @@ import torch
 
 from encoders import create_encoder
 from harness.cache import FeatureKey
-from harness.features import CacheStats, EncodeSettings, SharedJob, encode_shared, get_features
+from harness.features import CacheStats, EncodeSettings, SharedJob, _tap_shapes, encode_shared, get_features
 from harness.runner import EvalOptions, run_eval
 from tasks.registry import TASKS
 
@@ -51,6 +51,31 @@ def test_shared_pass_features_equal_single_encoder_runs(tmp_path):
         assert encode_shared(jobs, ds, settings) == 0  # entries there: nothing encoded again
 
 
+def test_tap_shapes_from_the_meta_device_equal_a_real_forward():
+    """The probe reads tap shapes off a meta-device pass (no arithmetic); they are the real forward's, spatial
+    taps at an odd size included, and an encoder meta tensors cannot run is measured for real."""
+    from encoders.base import EncoderInfo, FrozenEncoder, TapModel
+    from harness.common.taps import Tap
+
+    settings = EncodeSettings(device=CPU)
+    image = torch.rand(3, 37, 53)
+    for name in ENCODERS:
+        encoder = create_encoder(name).eval()
+        taps = tuple(t.name for t in encoder.model.taps if not t.derived)
+        real = {k: tuple(v.shape[1:]) for k, v in encoder(image.unsqueeze(0), taps).items()}
+        assert any(len(s) == 3 for s in real.values())
+        assert _tap_shapes(encoder, image, taps, settings) == real, name
+
+    class ReadsAValue(TapModel):  # data-dependent shape: a meta tensor has no value to read
+        taps = (Tap("embedding", 4, None),)
+
+        def forward(self, x, taps):
+            return {"embedding": x.flatten(1)[:, : 2 + int(x.max() > -10)]}
+
+    odd = FrozenEncoder(ReadsAValue(), EncoderInfo(name="reads", arch="x"))
+    assert _tap_shapes(odd, image, ("embedding",), settings) == {"embedding": (3,)}
+
+
 def _toy_opts(tmp_path: Path, encoders, task, **kw) -> EvalOptions:
     return EvalOptions(encoder=encoders[0], encoders=tuple(encoders), tasks=[task],
                        out=tmp_path / "out", epochs=1, grid="single", device="cpu", num_workers=0, **kw)
@@ -79,10 +104,10 @@ def test_eval_with_two_encoders_decodes_each_image_once_and_scores_as_alone(tmp_
     finally:
         TASKS._items.pop(task.name, None)
     images = 96 + 48 + 40
-    # Besides the encoding passes, per encoder: one probe sample and up to 8 surveyed sizes per split, in the
-    # shared pass and again when its run reads the entry, and the record's look at a test sample.
-    probes = 2 * 9 * 3 + 1
-    assert reads <= images + len(ENCODERS) * probes < len(ENCODERS) * images <= separate_reads
+    # Besides the encoding passes: sample 0 and 8 surveyed sizes per split, once in the shared pass (for every
+    # encoder) and once per encoder when its run reads the entry, and the record's look at a test sample.
+    surveys = (1 + len(ENCODERS)) * 9 * 3 + 1
+    assert reads <= images + surveys < len(ENCODERS) * images <= separate_reads
     assert separate_reads >= len(ENCODERS) * images
     for s, a in zip(shared, alone, strict=True):
         assert s["test"] == a["test"] and s["val"] == a["val"], s["encoder"]  # identical features, same training
