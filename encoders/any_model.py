@@ -35,6 +35,7 @@ from torch import nn
 from harness.common.errors import HarnessError, UsageError
 from harness.common.taps import DILATED_TAP
 
+from .archs._base import gap, seeded
 from .base import EncoderInfo, FrozenEncoder, Tap, TapModel
 from .resnet import ResNetTaps
 from .vit import ViTTaps, input_size_errors, vit_kwargs
@@ -44,20 +45,6 @@ PROBE_SIZE = 224
 CHECK_SIZE = 320  # a second probe: a tap's stride must hold at both sizes
 # A model's classifier, never a feature tap (SqueezeNet's is a 1x1 conv to 1000 class maps).
 CLASSIFIER_MODULES = {"classifier", "fc", "head", "heads"}
-
-
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build with a fixed seed without disturbing the caller's random stream."""
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
-def _gap(x: torch.Tensor) -> torch.Tensor:
-    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
 def nominal_stride(input_size: int, size: int) -> int | None:
@@ -131,7 +118,7 @@ class FeatureListTaps(TapModel):
             feats = self._run(self.net, x)
             out.update({n: feats[i] for n, i in self.index.items()})
         if "embedding" in taps:
-            out["embedding"] = _gap(out[self.deepest])
+            out["embedding"] = gap(out[self.deepest])
         return {t: out[t] for t in taps}
 
 
@@ -208,7 +195,7 @@ class GraphTaps(TapModel):
     def forward(self, x: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
         out = {t: _channels_first(v, t in self.nhwc) for t, v in self.extractor(x).items()}
         if "embedding" in taps:
-            out["embedding"] = _gap(out[self.deepest])
+            out["embedding"] = gap(out[self.deepest])
         return {t: out[t] for t in taps}
 
 
@@ -270,7 +257,7 @@ def torchvision_encoder(name: str, seed: int = 0) -> FrozenEncoder:
 
         raise unknown_name("torchvision classification model", name,
                            torchvision.models.list_models(module=torchvision.models))
-    net = _seeded(seed, lambda: torchvision.models.get_model(name, weights=None))
+    net = seeded(seed, lambda: torchvision.models.get_model(name, weights=None))
     model: TapModel
     if isinstance(net, torchvision.models.ResNet):
         model = ResNetTaps(net)
@@ -290,7 +277,7 @@ def _timm_create(name: str, seed: int, kwargs: dict[str, Any], size_options: tup
 
     for extra in size_options:
         try:
-            return _seeded(seed, lambda e=extra: timm.create_model(name, pretrained=False, **e, **kwargs)), extra
+            return seeded(seed, lambda e=extra: timm.create_model(name, pretrained=False, **e, **kwargs)), extra
         except TypeError as exc:  # the architecture takes no such argument
             if extra and "unexpected keyword argument" in str(exc):
                 continue

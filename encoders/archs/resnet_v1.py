@@ -17,32 +17,36 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..resnet import ResNetTaps, seeded_resnet
 from . import ArchSpec, WidenedFamily, register_arch, register_widened
-from ._base import EmbeddingByDefault, seeded
+from ._base import EmbeddingByDefault, init_conv_bn, seeded
 
 
 class ResNetV1(EmbeddingByDefault, ResNetTaps):
     """``ResNetTaps`` whose plain call returns the embedding (the pretraining backbone)."""
 
 
-class WidenedResNetV1(nn.Module):
-    """The parts of a torchvision ResNet that ``ResNetTaps`` reads (no classifier), every width k/4 times
-    torchvision's: stem ``16k``, stage ``i`` with ``16k * 2**i`` planes (x4 at a bottleneck's output)."""
+class TorchvisionStages(nn.Module):
+    """The parts of a torchvision ResNet that ``ResNetTaps`` reads (no classifier), at any widths: a 7x7 stem of
+    ``stem`` channels, a max-pool, stages of torchvision's own blocks with ``planes[i]`` planes (x4 at a
+    bottleneck's output) and ``depths[i]`` blocks, ``groups`` in a Bottleneck's 3x3 convolution (its width kept at
+    the planes), and torchvision's initialisation."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], k: int):
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], stem: int, planes: list[int], depths: list[int],
+                 groups: int = 1):
         super().__init__()
-        self.inplanes = 16 * k
+        self.groups = groups
+        self.inplanes = stem
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, blocks in enumerate(layers):
-            self.add_module(f"layer{i + 1}", self._stage(block, 16 * k * 2**i, blocks, stride=1 if i == 0 else 2))
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        for i, (p, blocks) in enumerate(zip(planes, depths, strict=True)):
+            self.add_module(f"layer{i + 1}", self._stage(block, p, blocks, stride=1 if i == 0 else 2))
+        init_conv_bn(self)
+
+    def _unit(self, block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, stride: int = 1,
+              downsample: nn.Module | None = None) -> nn.Module:
+        # a Bottleneck's inner width is int(planes * base_width / 64) * groups = planes; a BasicBlock takes groups 1
+        return block(inplanes, planes, stride, downsample, groups=self.groups, base_width=64 // self.groups)
 
     def _stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
                ) -> nn.Sequential:
@@ -51,10 +55,17 @@ class WidenedResNetV1(nn.Module):
         if stride != 1 or self.inplanes != out:
             downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
                                        nn.BatchNorm2d(out))
-        units = [block(self.inplanes, planes, stride, downsample)]
+        units = [self._unit(block, self.inplanes, planes, stride, downsample)]
         self.inplanes = out
-        units += [block(out, planes) for _ in range(1, blocks)]
+        units += [self._unit(block, out, planes) for _ in range(1, blocks)]
         return nn.Sequential(*units)
+
+
+class WidenedResNetV1(TorchvisionStages):
+    """Every width k/4 times torchvision's: stem ``16k``, stage ``i`` with ``16k * 2**i`` planes."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], k: int):
+        super().__init__(block, 16 * k, [16 * k * 2**i for i in range(len(layers))], list(layers))
 
 
 # resnet18/34/50 are listed encoders (encoders/registry.py registers them); the deeper ones are architectures

@@ -19,19 +19,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.common.taps import DILATED_TAP
-
-from ..base import Tap, TapModel
 from ..resnet import dilated
 from . import ArchSpec, WidenedFamily, register_arch, register_widened
-from ._base import gap, seeded
+from ._base import StagedTaps, seeded
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=k, stride=stride, padding=k // 2, bias=False)
 
 
-class PreActBottleneck(nn.Module):
+class _PreActUnit(nn.Module):
+    """What both units share: the input pre-activated once (BN-ReLU), the residual branch on it, plus the
+    identity, or a 1x1 projection of the pre-activated input where the shape changes. A unit builds its
+    branch first, then calls ``finish`` (the order of building sets the seeded weights)."""
+
+    def finish(self, inplanes: int, out: int, stride: int) -> None:
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _conv(inplanes, out, 1, stride) if stride != 1 or inplanes != out else None
+
+    def branch(self, pre: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        shortcut = x if self.downsample is None else self.downsample(pre)
+        return self.branch(pre) + shortcut
+
+
+class PreActBottleneck(_PreActUnit):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
@@ -40,35 +55,27 @@ class PreActBottleneck(nn.Module):
         self.bn1, self.conv1 = nn.BatchNorm2d(inplanes), _conv(inplanes, planes, 1)
         self.bn2, self.conv2 = nn.BatchNorm2d(planes), _conv(planes, planes, 3, stride)
         self.bn3, self.conv3 = nn.BatchNorm2d(planes), _conv(planes, out, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = _conv(inplanes, out, 1, stride) if stride != 1 or inplanes != out else None
+        self.finish(inplanes, out, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
-        y = self.conv1(pre)
-        y = self.conv2(self.relu(self.bn2(y)))
-        y = self.conv3(self.relu(self.bn3(y)))
-        return y + shortcut
+    def branch(self, pre: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.relu(self.bn2(self.conv1(pre))))
+        return self.conv3(self.relu(self.bn3(y)))
 
 
-class PreActBasic(nn.Module):
+class PreActBasic(_PreActUnit):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(inplanes), _conv(inplanes, planes, 3, stride)
         self.bn2, self.conv2 = nn.BatchNorm2d(planes), _conv(planes, planes, 3)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = _conv(inplanes, planes, 1, stride) if stride != 1 or inplanes != planes else None
+        self.finish(inplanes, planes, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        shortcut = x if self.downsample is None else self.downsample(pre)
-        return self.conv2(self.relu(self.bn2(self.conv1(pre)))) + shortcut
+    def branch(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn2(self.conv1(pre))))
 
 
-class ResNetV2(TapModel):
+class ResNetV2(StagedTaps):
     """Pre-activation ResNet with widening factor ``k`` (stem ``16k`` channels)."""
 
     def __init__(self, block: type[PreActBasic] | type[PreActBottleneck], layers: tuple[int, ...], k: int):
@@ -85,39 +92,11 @@ class ResNetV2(TapModel):
             units += [block(inplanes, planes) for _ in range(1, n)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*units))
             widths.append(inplanes)
-        self.norm = nn.BatchNorm2d(inplanes)
-        self.relu = nn.ReLU(inplace=True)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.taps = (Tap("conv", stem, 2), *(Tap(f"block{i}", w, 2 ** (i + 1)) for i, w in enumerate(widths, 1)),
-                     Tap("embedding", inplanes, None), Tap(DILATED_TAP, inplanes, 16, derived=True))
+        self.finish(stem, widths)
 
-    def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):
-        want = ("embedding",) if taps is None else tuple(taps)
-        order = ("conv", "block1", "block2", "block3", "block4", "embedding")
-        unknown = [t for t in want if t not in order and t != DILATED_TAP]
-        if unknown:
-            raise KeyError(f"no tap(s) {unknown}")
-        depth = max((order.index(t) for t in want if t != DILATED_TAP), default=0)
-        if DILATED_TAP in want:
-            depth = max(depth, 3)
-        out: dict[str, torch.Tensor] = {}
-        x = out["conv"] = self.conv1(x)
-        x = self.maxpool(x)
-        for i in range(1, min(depth, 4) + 1):
-            x = out[f"block{i}"] = getattr(self, f"layer{i}")(x)
-        if depth >= 4:
-            out["block4"] = self.relu(self.norm(out["block4"]))
-        if depth >= 5:
-            out["embedding"] = gap(out["block4"])
-        if DILATED_TAP in want:
-            with dilated(self.layer4):
-                out[DILATED_TAP] = self.relu(self.norm(self.layer4(out["block3"])))
-        return out["embedding"] if taps is None else {t: out[t] for t in want}
+    def dilated_block4(self, block3: torch.Tensor) -> torch.Tensor:
+        with dilated(self.layer4):
+            return self.layer4(block3)
 
 
 LAYERS = {"resnetv2_18": (PreActBasic, (2, 2, 2, 2)), "resnetv2_50": (PreActBottleneck, (3, 4, 6, 3))}

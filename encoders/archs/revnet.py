@@ -27,11 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.common.taps import DILATED_TAP
-
-from ..base import Tap, TapModel
 from . import ArchSpec, WidenedFamily, register_arch, register_widened
-from ._base import gap, seeded
+from ._base import StagedTaps, seeded
 
 LAYERS = (3, 4, 6, 3)
 
@@ -169,7 +166,7 @@ def _dilated_stage(stage: RevStage, dilation: int = 2):
             c.dilation, c.padding = (1, 1), (1, 1)
 
 
-class RevNet(TapModel):
+class RevNet(StagedTaps):
     def __init__(self, k: int = 4, layers: tuple[int, ...] = LAYERS):
         super().__init__()
         width = 64 * k
@@ -178,16 +175,7 @@ class RevNet(TapModel):
         widths = [width * 2**i for i in range(len(layers))]
         for i, (w, n) in enumerate(zip(widths, layers, strict=True), start=1):
             self.add_module(f"layer{i}", RevStage(w, n))
-        self.norm = nn.BatchNorm2d(widths[-1])
-        self.relu = nn.ReLU(inplace=True)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.taps = (Tap("conv", width, 2), *(Tap(f"block{i}", w, 2 ** (i + 1)) for i, w in enumerate(widths, 1)),
-                     Tap("embedding", widths[-1], None), Tap(DILATED_TAP, widths[-1], 16, derived=True))
+        self.finish(width, widths)
 
     @property
     def stages(self) -> list[RevStage]:
@@ -199,30 +187,13 @@ class RevNet(TapModel):
             s.reversible = on
         return self
 
-    def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):
-        want = ("embedding",) if taps is None else tuple(taps)
-        order = ("conv", "block1", "block2", "block3", "block4", "embedding")
-        unknown = [t for t in want if t not in order and t != DILATED_TAP]
-        if unknown:
-            raise KeyError(f"no tap(s) {unknown}")
-        depth = max((order.index(t) for t in want if t != DILATED_TAP), default=0)
-        if DILATED_TAP in want:
-            depth = max(depth, 3)
-        out: dict[str, torch.Tensor] = {}
-        x = out["conv"] = self.conv1(x)
-        x = self.maxpool(x)
-        for i in range(1, min(depth, 4) + 1):
-            if i > 1:
-                x = pool_and_double(x)
-            x = out[f"block{i}"] = self.stages[i - 1](x)
-        if depth >= 4:
-            out["block4"] = self.relu(self.norm(out["block4"]))
-        if depth >= 5:
-            out["embedding"] = gap(out["block4"])
-        if DILATED_TAP in want:
-            with _dilated_stage(self.layer4):
-                out[DILATED_TAP] = self.relu(self.norm(self.layer4(pool_and_double(out["block3"], pool=False))))
-        return out["embedding"] if taps is None else {t: out[t] for t in want}
+    def stage_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Between stages the width doubles (a reversible unit cannot change it): ``pool_and_double``."""
+        return pool_and_double(x) if i > 1 else x
+
+    def dilated_block4(self, block3: torch.Tensor) -> torch.Tensor:
+        with _dilated_stage(self.layer4):
+            return self.layer4(pool_and_double(block3, pool=False))
 
 
 CARD = {"embedding": "global average of block4 after the final BN-ReLU (the pre-logits)",

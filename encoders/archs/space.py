@@ -23,8 +23,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..base import Tap
 from . import SearchSpace, register_space
-from ._base import ChainTaps, seeded
-from .resnet_v1 import ResNetV1
+from ._base import ChainTaps, init_conv_bn, seeded
+from .resnet_v1 import ResNetV1, TorchvisionStages
 
 PAPER = "Girish et al. 2022, One Network Doesn't Rule Them All"
 
@@ -83,46 +83,13 @@ def resnet_summary(a: dict[str, Any]) -> str:
     return f"{a['block']} {'-'.join(map(str, a['depths']))} w{a['width']:g}{groups}"
 
 
-class SpaceResNet(nn.Module):
-    """The parts of a torchvision ResNet that ``ResNetTaps`` reads: a 7x7 stem, a max-pool, four stages of
-    torchvision's own blocks (``groups`` in a Bottleneck's 3x3 convolution, its width kept at ``planes``)."""
+class SpaceResNet(TorchvisionStages):
+    """A drawn ResNet-like architecture as the parts of a torchvision ResNet that ``ResNetTaps`` reads."""
 
     def __init__(self, a: dict[str, Any]):
-        super().__init__()
         block = Bottleneck if a["block"] == "bottleneck" else BasicBlock
-        self.groups = a["groups"]
-        self.inplanes = a["channels"][0]
-        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, blocks in enumerate(a["depths"]):
-            planes = a["channels"][i + 1] // block.expansion
-            self.add_module(f"layer{i + 1}", self._stage(block, planes, blocks, stride=1 if i == 0 else 2))
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-
-    def _unit(self, block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, stride: int = 1,
-              downsample: nn.Module | None = None) -> nn.Module:
-        if block is Bottleneck:  # inner width = int(planes * base_width / 64) * groups = planes
-            return Bottleneck(inplanes, planes, stride, downsample, groups=self.groups, base_width=64 // self.groups)
-        return BasicBlock(inplanes, planes, stride, downsample)
-
-    def _stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
-               ) -> nn.Sequential:
-        out = planes * block.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(out))
-        units = [self._unit(block, self.inplanes, planes, stride, downsample)]
-        self.inplanes = out
-        units += [self._unit(block, out, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*units)
+        super().__init__(block, a["channels"][0], [c // block.expansion for c in a["channels"][1:]],
+                         list(a["depths"]), a["groups"])
 
 
 class ResNetSpaceNet(ResNetV1):
@@ -225,12 +192,7 @@ def _mobilenet_features(a: dict[str, Any]) -> tuple[nn.Sequential, dict[int, tup
     mods.append(conv_bn(cin, a["channels"][-1]))
     taps[len(mods) - 1] = ("block4", a["channels"][-1], 32)
     features = nn.Sequential(*mods)
-    for m in features.modules():  # torchvision's MobileNetV2 initialisation
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    init_conv_bn(features)  # torchvision's MobileNetV2 initialisation: the same (He's gain for ReLU and ReLU6)
     return features, taps
 
 
