@@ -27,7 +27,17 @@ from .archs import build_arch
 from .base import TapModel
 from .checkpoint import is_harness_checkpoint
 from .resnet import infer_resnet_arch
-from .vit_formats import CLIP_MEAN, CLIP_STD, LAYOUTS, ViTConfig, ViTOptions, check_vit, has_layout, vit_model
+from .vit_formats import (
+    CLIP_MEAN,
+    CLIP_STD,
+    LAYOUTS,
+    ViTConfig,
+    ViTOptions,
+    check_vit,
+    has_layout,
+    mismatches,
+    vit_model,
+)
 
 BACKBONE_ROOTS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 COUNTER_SUFFIX = "num_batches_tracked"  # a BatchNorm step counter, unused in eval: neither required nor hashed
@@ -246,11 +256,6 @@ def _closeness(state: Mapping[str, Any], prefix: str, layout: str) -> int:
     return sum(any(isinstance(k, str) and k.startswith(prefix + r) for k in state) for r in LAYOUTS[layout].roots)
 
 
-def _listing(keys: list[str], n: int = 6) -> str:
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def extract_backbone(obj: Any, fmt_name: str | None = None, source: str = "checkpoint") -> Backbone:
     """Find the backbone in a loaded checkpoint and check it against its architecture."""
     detected = detect_format(obj)
@@ -305,13 +310,7 @@ def check_backbone(state: Mapping[str, torch.Tensor], arch: str, prefix: str = "
     unexpected = [prefix + k for k in state if k not in expected]
     shapes = [f"{prefix}{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} backbone weights missing: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} shapes differ: {_listing(shapes, 3)}")
+    problems = mismatches(missing, unexpected, shapes)
     if problems:
         raise HarnessError(f"{source}: does not hold a {arch} backbone: {'; '.join(problems)}.{hint}")
 

@@ -299,6 +299,19 @@ def _listing(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def mismatches(missing: list[str], unexpected: list[str], shapes: list[str]) -> list[str]:
+    """How a file's weights differ from an architecture's, one phrase a kind (none where they agree), keys in the
+    file's own spelling: what every backbone check (ResNet-like and ViT) reports."""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} backbone weights missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shapes differ: {_listing(shapes, 3)}")
+    return problems
+
+
 def build_vit(config: ViTConfig) -> nn.Module:
     """The timm ``VisionTransformer`` of ``config``, on the meta device (names and shapes, no memory)."""
     from timm.models.vision_transformer import VisionTransformer
@@ -336,13 +349,7 @@ def check_vit(sub: Mapping[str, torch.Tensor], layout_name: str, options: ViTOpt
     unexpected = [spell.to_file(k) for k in state if k not in reference]
     shapes = [f"{spell.to_file(k)} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in reference.items()
               if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} backbone weights missing: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} shapes differ: {_listing(shapes, 3)}")
+    problems = mismatches(missing, unexpected, shapes)
     if problems:
         arch = f"{config.arch} ({config.heads} heads, {label or layout.name})"
         raise HarnessError(f"{source}: does not hold a {arch} backbone: {'; '.join(problems)}.{hint}")

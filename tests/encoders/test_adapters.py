@@ -21,6 +21,8 @@ from encoders.checkpoint import save_harness_checkpoint
 from encoders.registry import create_encoder
 from harness.common.errors import HarnessError
 
+from ..pickles import WritesMarker
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -234,20 +236,10 @@ def test_shape_mismatch_and_leftover_keys_are_refused(reference, tmp_path):
         load_backbone(tmp_path / "missing.pt")
 
 
-class _WritesMarker:
-    """Unpickling this would create a file (harmless stand-in for code execution)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_code_running_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": _WritesMarker(marker)}, path)
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": WritesMarker(marker)}, path)
     with pytest.raises(HarnessError, match=r"refused to load .*asks pickle for io\.open.*weights_only=True"):
         create_encoder(str(path))
     assert not marker.exists()

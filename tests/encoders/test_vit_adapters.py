@@ -23,6 +23,8 @@ from encoders.adapters import FORMATS, detect_format, load_backbone, read_checkp
 from encoders.registry import create_encoder
 from harness.common.errors import HarnessError
 
+from ..pickles import WritesMarker
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -375,16 +377,6 @@ def test_shapes_that_are_not_a_vit_are_refused(tmp_path):
         load_backbone(tmp_path / "m.pth", "mocov3")  # forced: reported in the layout its keys come closest to
 
 
-class _WritesMarker:
-    """Unpickling this would create a file (harmless stand-in for code execution)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_training_args_load_but_code_is_refused(tmp_path):
     """DINO's and MAE's training checkpoints carry argparse args (allowed: inert data); anything that runs
     code when unpickled is refused before it runs."""
@@ -392,7 +384,7 @@ def test_training_args_load_but_code_is_refused(tmp_path):
     torch.save(obj, tmp_path / "ok.pth")
     assert read_checkpoint(tmp_path / "ok.pth")["args"].arch == "vit_small"
     marker = tmp_path / "marker"
-    obj["args"] = _WritesMarker(marker)
+    obj["args"] = WritesMarker(marker)
     torch.save(obj, tmp_path / "evil.pth")
     with pytest.raises(HarnessError, match=r"refused to load .*asks pickle for io\.open.*weights_only=True"):
         create_encoder(str(tmp_path / "evil.pth"))
