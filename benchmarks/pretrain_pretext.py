@@ -34,7 +34,6 @@ import pretrain_seeds as ps  # noqa: E402
 
 METHODS = ("rotnet", "jigsaw", "relpatch", "exemplar", "splitbrain")
 RESULTS = ROOT / "benchmarks" / "results" / "pretrain_pretext.json"
-README = ROOT / "encoders" / "pretrain" / "README.md"
 START, END = "<!-- pretrain_pretext:start -->", "<!-- pretrain_pretext:end -->"
 KNN_CHECK = (4000, 2000)
 PROBE = (2000, 500)  # pretrain_probe.py's bank and queries
@@ -138,16 +137,8 @@ def write(records: list[dict], out: Path, readme: bool, run_note: str | None = N
                    "on standardised pooled features, C 0.1 (pretrain_probe.probe); labels synth shape_cls; each run's "
                    "initial backbone is rebuilt from its seed and compared with its final one on the same renders",
            "written": datetime.now(UTC).isoformat(timespec="seconds")}
-    tmp = out.with_suffix(".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
     text = table(summary)
-    if readme and README.exists():
-        doc_text = README.read_text()
-        if START in doc_text and END in doc_text:
-            head, rest = doc_text.split(START, 1)
-            README.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    ps.publish(doc, out, text, (START, END) if readme else None)
     return text
 
 

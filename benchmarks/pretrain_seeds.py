@@ -172,10 +172,6 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
                    "queries, labels synth shape_cls; each check compares the run's initial backbone (rebuilt from "
                    "its seed) with its final one on the same bank and queries",
            "written": datetime.now(UTC).isoformat(timespec="seconds")}
-    tmp = out.with_suffix(".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
     shorts: dict[str, list[str]] = {}  # one method's runs of one kind may come from several machines
     for r in records:
         short, key = r.get("machine", {}).get("short", ""), f"{r['method']} {where(r)}"
@@ -183,12 +179,23 @@ def write(records: list[dict], out: Path, machine: dict, readme: bool, run_note:
             shorts[key].append(short)
     notes = {k: " / ".join(v) for k, v in shorts.items()}
     text = table(summary, notes)
-    if readme and README.exists():
-        doc_text = README.read_text()
-        if START in doc_text and END in doc_text:
-            head, rest = doc_text.split(START, 1)
-            README.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    publish(doc, out, text, (START, END) if readme else None)
     return text
+
+
+def publish(doc: dict, out: Path, text: str, markers: tuple[str, str] | None) -> None:
+    """Write ``doc`` to ``out`` (a temporary file, then renamed) and, with ``markers`` (start, end), put the table
+    ``text`` between them in the pretraining README, where both stand."""
+    tmp = out.with_suffix(".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)
+    if markers and README.exists():
+        start, end = markers
+        doc_text = README.read_text()
+        if start in doc_text and end in doc_text:
+            head, rest = doc_text.split(start, 1)
+            README.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 def cpu_model() -> str:

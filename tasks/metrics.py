@@ -93,12 +93,19 @@ def _pixel_mask(target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tenso
 
 # ---------------------------------------------------------------- accumulators
 
-class Top1:
-    name = "top1"
+class RunningSums:
+    """An accumulator of running sums over the split: each of ``START``'s names an attribute, at its start value
+    (0 for a count, 0.0 for a sum of floats) when the accumulator is made."""
+
+    START: dict[str, float] = {}
 
     def __init__(self, task: TaskSpec):
-        self.correct = 0
-        self.total = 0
+        self.__dict__.update(self.START)
+
+
+class Top1(RunningSums):
+    name = "top1"
+    START = {"correct": 0, "total": 0}
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         self.correct += top1_correct(pred, target)
@@ -134,14 +141,11 @@ class MeanIoU:
         return out
 
 
-class NegativeL1:
+class NegativeL1(RunningSums):
     """Minus the mean absolute error over valid pixels (and channels), summed over the split."""
 
     name = "neg_l1"
-
-    def __init__(self, task: TaskSpec):
-        self.abs_sum = 0.0
-        self.count = 0
+    START = {"abs_sum": 0.0, "count": 0}
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         mask = _pixel_mask(target, valid).unsqueeze(1).expand_as(target)
@@ -153,15 +157,11 @@ class NegativeL1:
         return {"neg_l1": -l1, "l1": l1, "pixels": float(self.count)}
 
 
-class FlowScore:
+class FlowScore(RunningSums):
     """1 - Fl-all over valid pixels, plus the mean end-point error (KITTI 2015 definitions)."""
 
     name = "one_minus_fl_all"
-
-    def __init__(self, task: TaskSpec):
-        self.outliers = 0
-        self.epe_sum = 0.0
-        self.count = 0
+    START = {"outliers": 0, "epe_sum": 0.0, "count": 0}
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         mask = _pixel_mask(target, valid)

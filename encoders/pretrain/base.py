@@ -132,6 +132,14 @@ class Method(nn.Module):
     backbone: nn.Module
     sync_bn: bool = True  # SyncBatchNorm under DDP on GPUs (MoCo's shuffle-BN turns it off)
 
+    def __init__(self, cfg: MethodConfig | None = None, arch: str | None = None, seed: int = 0):
+        """With ``arch``: keep ``cfg`` and build the backbone (``make_backbone``), whose embedding width
+        ``width`` sizes the method's heads."""
+        super().__init__()
+        if arch is not None:
+            self.cfg = cfg
+            self.backbone, self.width = make_backbone(arch, seed)
+
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 

@@ -18,7 +18,6 @@ from .base import (
     embedding_std,
     encode_views,
     full_precision,
-    make_backbone,
     mlp,
 )
 
@@ -51,10 +50,8 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class BYOL(Method):
     def __init__(self, cfg: BYOLConfig, arch: str, seed: int = 0):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, width = make_backbone(arch, seed)
-        self.projector = mlp([width, cfg.hidden, cfg.dim], bn=True)
+        super().__init__(cfg, arch, seed)
+        self.projector = mlp([self.width, cfg.hidden, cfg.dim], bn=True)
         self.predictor = mlp([cfg.dim, cfg.hidden, cfg.dim], bn=True)
         self.target_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)

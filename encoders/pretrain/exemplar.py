@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, embedding_std, full_precision, make_backbone
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, full_precision
 from .pretext import kolesnikov_optim, preprocess_patches
 
 
@@ -85,10 +85,8 @@ def batch_instance_logits(z: torch.Tensor, labels: torch.Tensor, images: int, te
 
 class Exemplar(Method):
     def __init__(self, cfg: ExemplarConfig, arch: str, seed: int = 0):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, width = make_backbone(arch, seed)
-        self.head = nn.Linear(width, cfg.embed_dim)
+        super().__init__(cfg, arch, seed)
+        self.head = nn.Linear(self.width, cfg.embed_dim)
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if len(views) < 2:

@@ -15,49 +15,28 @@ averaging the embeddings of nine patches; ``harness eval`` gives it the whole im
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import torch
 
-from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, full_precision, make_backbone
-from .pretext import (
-    PatchClassifier,
-    classification_logs,
-    crop_patches,
-    cross_entropy,
-    grid_corners,
-    kolesnikov_optim,
-    preprocess_patches,
-)
+from .pretext import PatchTask, PatchTaskConfig, crop_patches, grid_corners
 
 GRID = 3
 TILES = GRID * GRID
 
 
 @dataclass
-class JigsawConfig(MethodConfig):
+class JigsawConfig(PatchTaskConfig):
     """Kolesnikov et al.'s settings: 100 permutations (Noroozi & Favaro's maximal-Hamming set), a 255 px crop of the
     image resized to 292 (area 0.76; here crops of area 0.76-1) cut into cells of 85 px with 64 px tiles
-    (``tile_frac`` 64/85), each tile grey with probability 0.66 and standardised, a 1,000-d embedding per tile and
-    a 4,096-unit hidden layer with dropout 0.5; 128 images a batch, lr 0.1 per 256, 5 warmup epochs, 35 epochs."""
+    (``tile_frac`` 64/85); preprocessing, head and schedule as every patch task (``PatchTaskConfig``)."""
 
-    epochs: int = 35
-    batch_size: int = 128
     permutations: int = 100
     perm_seed: int = 0  # which maximal-Hamming set (a property of the task, not of the run's seed)
     perms_per_image: int = 0  # puzzles made from each image's tiles per step; 0: every permutation of the set
     tile_frac: float = 64 / 85
-    gray_p: float = 0.66
-    standardize: bool = True
-    embed_dim: int = 1000
-    hidden: int = 4096
-    dropout: float = 0.5
-    optim: OptimDefaults = field(default_factory=kolesnikov_optim)
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
-        global_crops=1, global_scale=(0.76, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0))
 
 
 @cache
@@ -116,24 +95,18 @@ def shuffle_tiles(tiles: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return tiles[:, perm]
 
 
-class Jigsaw(Method):
+class Jigsaw(PatchTask):
+    cfg: JigsawConfig
+
     def __init__(self, cfg: JigsawConfig, arch: str, seed: int = 0):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, width = make_backbone(arch, seed)
-        self.head = PatchClassifier(width, cfg.embed_dim, TILES, cfg.hidden, cfg.permutations, cfg.dropout)
+        super().__init__(cfg, arch, seed, TILES, cfg.permutations)
         self.register_buffer("perms", torch.from_numpy(hamming_set(cfg.permutations, cfg.perm_seed).copy()))
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = views[0]
-        tiles = preprocess_patches(cut_tiles(x, self.cfg.tile_frac), self.cfg.gray_p, self.cfg.standardize)
         b = x.shape[0]
-        emb = self.backbone(tiles.flatten(0, 1))
+        emb = self.encode_patches(cut_tiles(x, self.cfg.tile_frac))
         n, k = self.cfg.permutations, self.cfg.perms_per_image
         labels = (torch.arange(n, device=x.device).expand(b, n) if k <= 0
                   else torch.randint(n, (b, k), device=x.device))
-        logits = self.head(emb.view(b, TILES, -1), self.perms[labels])
-        labels = labels.reshape(-1)
-        with full_precision(logits):
-            loss = cross_entropy(logits, labels)
-        return loss, classification_logs(logits, labels, emb)
+        return self.classify(emb, b, self.perms[labels], labels.reshape(-1))

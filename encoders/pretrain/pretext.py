@@ -9,13 +9,16 @@ arrive ImageNet-normalised, as every method's do; ``to_unit`` undoes that where 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness.common.taps import IMAGENET_MEAN, IMAGENET_STD
 
-from .base import OptimDefaults, embedding_std
+from .augment import AugmentConfig
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, full_precision
 
 
 def kolesnikov_optim() -> OptimDefaults:
@@ -23,6 +26,24 @@ def kolesnikov_optim() -> OptimDefaults:
     1e-4, 5 warmup epochs, 35 epochs. Theirs decays the rate 10x after epochs 15 and 25; the harness's schedules
     are cosine or constant, and the cosine stands in for the steps."""
     return OptimDefaults("sgd", lr=0.1, lr_batch=256, momentum=0.9, weight_decay=1e-4, warmup_epochs=5, cosine=True)
+
+
+@dataclass
+class PatchTaskConfig(MethodConfig):
+    """What the patch tasks (jigsaw, relpatch) take from Kolesnikov et al.: each patch grey with probability 0.66
+    and standardised, a 1,000-d embedding per patch and a 4,096-unit hidden layer with dropout 0.5; 128 images a
+    batch, lr 0.1 per 256, 5 warmup epochs, 35 epochs; one crop of area 0.76-1 a step, no colour augmentation."""
+
+    epochs: int = 35
+    batch_size: int = 128
+    gray_p: float = 0.66
+    standardize: bool = True
+    embed_dim: int = 1000
+    hidden: int = 4096
+    dropout: float = 0.5
+    optim: OptimDefaults = field(default_factory=kolesnikov_optim)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
+        global_crops=1, global_scale=(0.76, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0))
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,3 +138,27 @@ def classification_logs(logits: torch.Tensor, labels: torch.Tensor, emb: torch.T
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy in float32 on (possibly bf16) logits."""
     return F.cross_entropy(logits.float(), labels)
+
+
+class PatchTask(Method):
+    """A patch task: patches cut from each view, each preprocessed and encoded by the backbone on its own, and a
+    ``PatchClassifier`` over ordered sets of one image's patch embeddings."""
+
+    cfg: PatchTaskConfig
+
+    def __init__(self, cfg: PatchTaskConfig, arch: str, seed: int, patches: int, classes: int):
+        super().__init__(cfg, arch, seed)
+        self.head = PatchClassifier(self.width, cfg.embed_dim, patches, cfg.hidden, classes, cfg.dropout)
+
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches (B, P, C, p, p) preprocessed and encoded -> embeddings (B * P, width)."""
+        return self.backbone(preprocess_patches(patches, self.cfg.gray_p, self.cfg.standardize).flatten(0, 1))
+
+    def classify(self, emb: torch.Tensor, b: int, order: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and logs of the examples ``order`` (B, K, n) of ``b`` images' patch embeddings, classes
+        ``labels`` (B * K)."""
+        logits = self.head(emb.view(b, -1, emb.shape[-1]), order)
+        with full_precision(logits):
+            loss = cross_entropy(logits, labels)
+        return loss, classification_logs(logits, labels, emb)

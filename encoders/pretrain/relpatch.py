@@ -11,21 +11,11 @@ encoder: the backbone (Kolesnikov et al. evaluate it on nine patches averaged; `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, full_precision, make_backbone
-from .pretext import (
-    PatchClassifier,
-    classification_logs,
-    crop_patches,
-    cross_entropy,
-    grid_corners,
-    kolesnikov_optim,
-    preprocess_patches,
-)
+from .pretext import PatchTask, PatchTaskConfig, crop_patches, grid_corners
 
 GRID, CENTRE = 3, 4
 NEIGHBOURS = tuple(i for i in range(GRID * GRID) if i != CENTRE)  # class k: the patch at raster position NEIGHBOURS[k]
@@ -34,23 +24,12 @@ DIRECTIONS = tuple((i // GRID - 1, i % GRID - 1) for i in NEIGHBOURS)
 
 
 @dataclass
-class RelPatchConfig(MethodConfig):
-    """Doersch et al.'s gap (half a patch) and jitter (7/96 of a patch), Kolesnikov et al.'s preprocessing, head
-    (1,000-d per patch, 4,096 hidden, dropout 0.5) and schedule (128 images a batch, lr 0.1 per 256, 5 warmup
-    epochs, 35 epochs), their crops of area 0.76 (here 0.76-1)."""
+class RelPatchConfig(PatchTaskConfig):
+    """Doersch et al.'s gap (half a patch) and jitter (7/96 of a patch); Kolesnikov et al.'s preprocessing, head,
+    schedule and crops of area 0.76 (here 0.76-1), as every patch task (``PatchTaskConfig``)."""
 
-    epochs: int = 35
-    batch_size: int = 128
     gap: float = 0.5  # between neighbouring patches, in patch sides
     jitter: float = 7 / 96  # each patch moves by up to this many patch sides on each axis
-    gray_p: float = 0.66
-    standardize: bool = True
-    embed_dim: int = 1000
-    hidden: int = 4096
-    dropout: float = 0.5
-    optim: OptimDefaults = field(default_factory=kolesnikov_optim)
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
-        global_crops=1, global_scale=(0.76, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0))
 
 
 def patch_layout(side: int, gap: float, jitter: float) -> tuple[int, int, int]:
@@ -80,21 +59,14 @@ def pair_order(b: int, device: torch.device | None = None) -> tuple[torch.Tensor
     return order.expand(b, -1, -1), labels.repeat(b)
 
 
-class RelPatch(Method):
+class RelPatch(PatchTask):
+    cfg: RelPatchConfig
+
     def __init__(self, cfg: RelPatchConfig, arch: str, seed: int = 0):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, width = make_backbone(arch, seed)
-        self.head = PatchClassifier(width, cfg.embed_dim, 2, cfg.hidden, len(NEIGHBOURS), cfg.dropout)
+        super().__init__(cfg, arch, seed, 2, len(NEIGHBOURS))
 
     def forward(self, views: list[torch.Tensor], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = views[0]
-        patches = preprocess_patches(cut_patches(x, self.cfg.gap, self.cfg.jitter), self.cfg.gray_p,
-                                     self.cfg.standardize)
-        b = x.shape[0]
-        emb = self.backbone(patches.flatten(0, 1))
-        order, labels = pair_order(b, x.device)
-        logits = self.head(emb.view(b, GRID * GRID, -1), order)
-        with full_precision(logits):
-            loss = cross_entropy(logits, labels)
-        return loss, classification_logs(logits, labels, emb)
+        emb = self.encode_patches(cut_patches(x, self.cfg.gap, self.cfg.jitter))
+        order, labels = pair_order(x.shape[0], x.device)
+        return self.classify(emb, x.shape[0], order, labels)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import AugmentConfig
-from .base import Method, MethodConfig, OptimDefaults, embedding_std, encode_views, full_precision, make_backbone, mlp
+from .base import Method, MethodConfig, OptimDefaults, embedding_std, encode_views, full_precision, mlp
 from .distributed import all_reduce_sum, world
 
 
@@ -68,10 +68,8 @@ def swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor], te
 
 class SwAV(Method):
     def __init__(self, cfg: SwAVConfig, arch: str, seed: int = 0):
-        super().__init__()
-        self.cfg = cfg
-        self.backbone, width = make_backbone(arch, seed)
-        self.projector = mlp([width, cfg.hidden, cfg.dim], bn=True)
+        super().__init__(cfg, arch, seed)
+        self.projector = mlp([self.width, cfg.hidden, cfg.dim], bn=True)
         self.prototypes = nn.Linear(cfg.dim, cfg.prototypes, bias=False)
         # One queue per global crop, per rank (as in the reference code), filled from queue_start_epoch.
         local_len = max(0, cfg.queue // max(1, world().size))
