@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from tasks.registry import get_task
+from tasks.spec import DataRequest
 
 from .util import data_check, harness
 
@@ -67,3 +73,38 @@ def write_grey(path: Path, arr, mode: str = "L") -> Path:
     kw = {"quality": 100, "subsampling": 0} if path.suffix.lower() in (".jpg", ".jpeg") else {}
     Image.fromarray(arr, mode).save(path, **kw)
     return path
+
+
+def size_mismatch(path: Path, size: tuple[int, int], reference: str, ref_size: tuple[int, int]) -> str:
+    """The line ``data check`` and the loader give for a file of ``size`` (W, H) that must match ``reference`` (a
+    file name) of ``ref_size``."""
+    return (f"{path}: {size[0]} x {size[1]} (W x H), but {reference}, which it must match, is {ref_size[0]} x "
+            f"{ref_size[1]}; the files do not belong together (or one was resized)")
+
+
+def check_and_decode_refuse(task_name: str, root: Path, split: str, problem: str, index: Callable[[object], int]):
+    """``data check`` fails with exactly ``problem``, and decoding the sample ``index(dataset)`` raises the same
+    line (issue 39: check says what eval would refuse); the dataset."""
+    rc, doc, _ = data_check(task_name, root)
+    assert rc == 1 and doc["problems"] == [problem]
+    task = get_task(task_name)
+    ds = task.dataset(task, DataRequest(split, root, None, None, train=False))
+    with pytest.raises(Exception, match=re.escape(problem)):
+        ds.decode(index(ds))
+    return ds
+
+
+def deleted_is_named(task_name: str, root: Path, gone: Path, split: str, train: bool = False):
+    """A deleted file: the lenient loader lists it as missing and ``eval`` fails naming it; the lenient dataset."""
+    gone.unlink()
+    task = get_task(task_name)
+    ds = task.dataset(task, DataRequest(split, root, None, None, train=train, strict=False))
+    assert any(p.startswith(str(gone)) and "missing" in p for p in ds.problems)
+    eval_fails_naming(task_name, root, root / "out", str(gone))
+    return ds
+
+
+def deleted_fails_naming(task_name: str, root: Path, gone: Path) -> dict:
+    """A deleted file fails ``data check`` and ``eval`` alike, each naming it; the check document."""
+    gone.unlink()
+    return fails_naming(task_name, root, str(gone))

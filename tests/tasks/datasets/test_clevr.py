@@ -11,7 +11,7 @@ from PIL import Image
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import assert_listed, fails_naming
+from .fixtures_b import assert_listed, deleted_fails_naming
 from .util import (
     assert_split_too_small,
     assert_tiny_split_runs,
@@ -90,8 +90,7 @@ def test_eval_end_to_end(tmp_path):
 def test_a_deleted_image_is_a_problem_naming_it(tmp_path):
     write_clevr(tmp_path)
     gone = tmp_path / "CLEVR_v1.0" / "images" / "val" / "CLEVR_val_000003.png"
-    gone.unlink()
-    doc = fails_naming("clevr_count", tmp_path, str(gone))
+    doc = deleted_fails_naming("clevr_count", tmp_path, gone)
     assert doc["splits"]["val"]["n"] == N["val"] - 1 and doc["splits"]["train"]["n"] == N["train"]
 
 

@@ -1,7 +1,6 @@
 """EgoHands from a fixture in the release's layout: frames and a MATLAB v5 polygons.mat per video,
 rasterised into known hand masks that are cached by the file's hash."""
 
-import re
 
 import numpy as np
 import pytest
@@ -12,9 +11,9 @@ from tasks.datasets.egohands import HANDS, SPLIT_VIDEOS, rasterise, read_polygon
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import eval_fails_naming
+from .fixtures_b import check_and_decode_refuse, eval_fails_naming, size_mismatch
 from .fixtures_pix import write_rgb
-from .util import check_ok, data_check, eval_record
+from .util import check_ok, eval_record
 
 H, W = 24, 40
 FRAMES = ("frame_0011.jpg", "frame_0036.jpg", "frame_0099.jpg")  # frame numbers of the video, not 1..3
@@ -159,14 +158,8 @@ def test_a_frame_of_another_size_than_its_videos_masks_fails_check_and_a_nan_ver
     only), as eval would refuse the pair; a vertex the release never writes (NaN) names the file."""
     samples = write_egohands(tmp_path)
     odd = write_rgb(samples / "JENGA_OFFICE_B_S" / FRAMES[2], (H, W + 8), seed=50)
-    rc, doc, _ = data_check("egohands_seg", tmp_path)
-    assert rc == 1 and doc["problems"] == [
-        f"{odd}: {W + 8} x {H} (W x H), but {FRAMES[0]}, which it must match, is {W} x {H}; the files do not "
-        f"belong together (or one was resized)"]
-    task = get_task("egohands_seg")
-    ds = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
-    with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
-        ds.decode([p[0] for p in ds.items].index(odd))
+    check_and_decode_refuse("egohands_seg", tmp_path, "train", size_mismatch(odd, (W + 8, H), FRAMES[0], (W, H)),
+                            lambda ds: [p[0] for p in ds.items].index(odd))
     broken = frame_polygons()
     broken[2]["myright"][1, 0] = np.nan
     write_polygons(tmp_path / "p.mat", broken)

@@ -1,6 +1,5 @@
 """KITTI flow 2015 from a fixture of true 16-bit PNGs carrying a known flow field."""
 
-import re
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from tasks.datasets.png16 import read_png16
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import eval_fails_naming
+from .fixtures_b import check_and_decode_refuse, deleted_is_named, size_mismatch
 from .fixtures_pix import write_grey8, write_png16, write_rgb
 from .util import assert_split_too_small, assert_tiny_split_runs, check_ok, data_check, eval_record, harness
 
@@ -95,13 +94,8 @@ def test_eval_end_to_end(tmp_path):
 
 def test_a_deleted_frame_is_a_problem_naming_it_and_moves_no_pair(tmp_path):
     folder = write_kitti(tmp_path)
-    gone = folder / "training" / "image_2" / "000003_11.png"
-    gone.unlink()
-    task = get_task("kitti_flow")
-    ds = task.dataset(task, DataRequest("test", tmp_path, None, None, train=False, strict=False))
+    ds = deleted_is_named("kitti_flow", tmp_path, folder / "training" / "image_2" / "000003_11.png", "test")
     assert [p[2].name for p in ds.items] == ["000009_10.png"]  # still the last id, not shifted
-    assert any(p.startswith(str(gone)) and "missing" in p for p in ds.problems)
-    eval_fails_naming("kitti_flow", tmp_path, tmp_path / "out", str(gone))
 
 
 def test_eval_at_native_size_with_pairs_of_two_sizes(tmp_path):
@@ -130,14 +124,8 @@ def test_frames_of_one_pair_in_two_sizes_fail_check_as_they_fail_eval(tmp_path):
     check compares them from the headers and names the file eval would refuse."""
     folder = write_kitti(tmp_path)
     odd = write_rgb(folder / "training" / "image_2" / "000004_11.png", (H, W + 2), seed=99)
-    rc, doc, _ = data_check("kitti_flow", tmp_path)
-    assert rc == 1 and doc["problems"] == [
-        f"{odd}: {W + 2} x {H} (W x H), but 000004_10.png, which it must match, is {W} x {H}; the files do not "
-        f"belong together (or one was resized)"]
-    task = get_task("kitti_flow")
-    train = task.dataset(task, DataRequest("train", tmp_path, None, None, train=False))
-    with pytest.raises(Exception, match=re.escape(doc["problems"][0])):
-        train.decode(4)
+    check_and_decode_refuse("kitti_flow", tmp_path, "train", size_mismatch(odd, (W + 2, H), "000004_10.png", (W, H)),
+                            lambda ds: 4)
 
 
 def test_a_valid_flag_the_devkit_never_writes_is_refused_naming_file_and_value(tmp_path):

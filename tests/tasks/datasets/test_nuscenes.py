@@ -10,7 +10,7 @@ from tasks.datasets.nuscenes import CLASS_NAMES, label_index
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import assert_listed, fails_naming
+from .fixtures_b import assert_listed, deleted_fails_naming
 from .util import data_check, eval_record, write_image
 
 N = {"train": 16, "test": 6}
@@ -77,9 +77,7 @@ def test_eval_end_to_end(tmp_path):
 def test_a_deleted_image_is_a_problem_naming_it(tmp_path):
     write_nuscenes(tmp_path)
     entries = json.loads((tmp_path / "nuScenes" / "nuScenes_train.json").read_text())
-    gone = tmp_path / "nuScenes" / entries[5]["img_b"]
-    gone.unlink()
-    doc = fails_naming("nuscenes_egomotion", tmp_path, str(gone))
+    doc = deleted_fails_naming("nuscenes_egomotion", tmp_path, tmp_path / "nuScenes" / entries[5]["img_b"])
     assert doc["splits"]["train"]["n"] == N["train"] - 1
 
 

@@ -12,7 +12,7 @@ from tasks.datasets.pets import BREEDS, IGNORE, read_trimap
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import assert_listed, check_fails_naming, fails_naming, write_grey
+from .fixtures_b import assert_listed, check_fails_naming, deleted_fails_naming, size_mismatch, write_grey
 from .util import assert_tiny_split_runs, check_ok, data_check, eval_record, write_image
 
 SIZE = 12  # square fixture images, so --resolution 12 leaves the trimap unresized
@@ -134,8 +134,7 @@ def test_eval_end_to_end(tmp_path):
 def test_a_deleted_image_is_a_problem_naming_it(tmp_path):
     stems = write_pets(tmp_path)
     gone = tmp_path / "oxford-iiit-pet" / "images" / f"{stems['test'][2]}.jpg"
-    gone.unlink()
-    doc = fails_naming("pets_cls", tmp_path, str(gone))
+    doc = deleted_fails_naming("pets_cls", tmp_path, gone)
     assert doc["splits"]["trainval"]["n"] == sum(N["trainval"].values())
 
 
@@ -178,8 +177,7 @@ def test_a_trimap_of_another_size_than_its_image_fails_check_as_it_fails_eval(tm
     odd = write_grey(tmp_path / "oxford-iiit-pet" / "annotations" / "trimaps" / f"{stem}.png",
                      np.ones((SIZE + 3, SIZE), np.uint8))
     doc = check_fails_naming("pets_instance_seg", tmp_path, str(odd))
-    assert doc["problems"] == [f"{odd}: {SIZE} x {SIZE + 3} (W x H), but {stem}.jpg, which it must match, is "
-                               f"{SIZE} x {SIZE}; the files do not belong together (or one was resized)"]
+    assert doc["problems"] == [size_mismatch(odd, (SIZE, SIZE + 3), f"{stem}.jpg", (SIZE, SIZE))]
     assert data_check("pets_cls", tmp_path)[0] == 0  # classification reads no trimap
     task = get_task("pets_instance_seg")
     ds = task.dataset(task, DataRequest("trainval", tmp_path, None, None, train=False))

@@ -12,7 +12,7 @@ from tasks.datasets.thor import ACTIONS
 from tasks.registry import get_task
 from tasks.spec import DataRequest
 
-from .fixtures_b import assert_listed, check_fails_naming, fails_naming, write_grey
+from .fixtures_b import assert_listed, check_fails_naming, deleted_fails_naming, fails_naming, size_mismatch, write_grey
 from .util import assert_tiny_split_runs, data_check, eval_record, write_image
 
 SIZE = 16
@@ -206,9 +206,8 @@ def test_depth_eval_and_a_deleted_depth_map(tmp_path):
     rec = eval_record("thor_depth", tmp_path, tmp_path / "out")
     assert rec["status"] == "ok" and rec["metric"] == "neg_l1" and rec["n"]["test"] == len(levels["test"])
     assert rec["n"]["train"] + rec["n"]["val"] == len(levels["train"]) and rec["test"] <= 0
-    gone = tmp_path / "thor_depth_prediction" / "train" / "FloorPlan7" / "2_depth.jpg"
-    gone.unlink()
-    doc = fails_naming("thor_depth", tmp_path, str(gone))
+    doc = deleted_fails_naming("thor_depth", tmp_path, tmp_path / "thor_depth_prediction" / "train" / "FloorPlan7"
+                               / "2_depth.jpg")
     assert doc["splits"]["train"]["n"] == len(levels["train"]) - 1
 
 
@@ -217,5 +216,4 @@ def test_depth_of_another_size_than_its_frame_is_a_check_problem(tmp_path):
     odd = write_grey(tmp_path / "thor_depth_prediction" / "test" / "FloorPlan9" / "1_depth.jpg",
                      np.zeros((SIZE, SIZE * 2), np.uint8))
     doc = check_task(get_task("thor_depth"), tmp_path)
-    assert doc["problems"] == [f"{odd}: {2 * SIZE} x {SIZE} (W x H), but 1_rgb.jpg, which it must match, is {SIZE} x "
-                               f"{SIZE}; the files do not belong together (or one was resized)"]
+    assert doc["problems"] == [size_mismatch(odd, (2 * SIZE, SIZE), "1_rgb.jpg", (SIZE, SIZE))]
