@@ -1,12 +1,16 @@
 """Dense head training at the hardware's speed (issue: bf16 heads), measured side by side.
 
 1. Head step time, fp32 vs bf16 autocast, for the U-Net, Siamese U-Net and DeepLabv3+ on
-   ResNet-50 taps (random features of the right shapes; forward + backward + Adam step).
+   ResNet-50 taps (random features of the right shapes; forward + backward + Adam step). The U-Nets
+   run bf16 twice: as shipped (their small-map 3x3 and all 1x1 convolutions as GEMMs, heads/unet.py)
+   and with every layer a oneDNN convolution (``before``: the code before that change). The
+   variants' steps are interleaved round by round and each keeps its median, so a machine shared
+   with other work slows all of them alike; the load average is recorded.
 2. The test metric on synth_depth and synth_seg with the same seeds in fp32 and in bf16, next to
    the seed-to-seed spread in fp32 (does bf16 change results more than a seed does?).
 3. The dense overhead: `harness eval` wall time (fresh cache, --grid single) / a bare loop doing
    the same work with nothing else: one encoder pass over train, val and test, the same number
-   of head steps, val passes and the test pass.
+   of head steps, val passes and the test pass; bf16 also ``before`` (convolutions only, in both).
 
    The renders are made once (they are the synthetic suite's data, not part of an evaluation), and the
    overhead is measured at the task's default epochs and at --long-epochs.
@@ -18,14 +22,17 @@ Usage: python benchmarks/dense_heads.py [--resolution 128] [--batch 16] [--steps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from encoders import create_encoder
 from encoders.resnet import build_resnet
@@ -33,9 +40,10 @@ from harness.common.atomic import write_json
 from harness.common.device import cpu_has_bf16
 from harness.common.paths import synthetic_dir
 from harness.features import loader
-from harness.runner import EvalOptions, _request, run_eval
+from harness.runner import EvalOptions, data_request, run_eval
 from harness.train import head_autocast, make_optimizer, predict
 from heads import HEADS
+from heads.unet import Conv1x1, Conv3x3
 from tasks import get_task
 from tasks.losses import get_loss
 
@@ -57,30 +65,61 @@ def tap_features(batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def head_step_ms(name: str, outputs: int, frames: int, precision: str, batch: int, res: int, steps: int) -> float:
+def as_convolutions(head: nn.Module) -> nn.Module:
+    """The head with every U-Net layer run as a oneDNN convolution (the code before the GEMM forms)."""
+    for m in head.modules():
+        if isinstance(m, Conv3x3 | Conv1x1):
+            m.forward = types.MethodType(nn.Conv2d.forward, m)
+    return head
+
+
+@contextlib.contextmanager
+def convolutions_only():
+    """Every U-Net built inside runs its layers as oneDNN convolutions (for whole evaluations)."""
+    saved = Conv3x3.forward, Conv1x1.forward
+    Conv3x3.forward = Conv1x1.forward = nn.Conv2d.forward
+    try:
+        yield
+    finally:
+        Conv3x3.forward, Conv1x1.forward = saved
+
+
+def head_steps_ms(name: str, outputs: int, frames: int, variants: tuple[str, ...], batch: int, res: int,
+                  steps: int) -> dict[str, float]:
+    """Median step time of each variant ("fp32", "bf16", "bf16_before"), their steps interleaved."""
     taps = {t.name: t for t in build_resnet("resnet50").taps}
-    torch.manual_seed(0)
-    head = HEADS[name].build(taps, Target(name, outputs, frames))
-    if precision != "fp32":  # as harness.train.fit does for pixel heads under autocast
-        head = head.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-4, foreach=True)
     x = tap_features(batch, res, frames)
     y = torch.randn(batch, outputs, res, res)
     device = torch.device("cpu")
+    runs = {}
+    for v in variants:
+        torch.manual_seed(0)
+        head = HEADS[name].build(taps, Target(name, outputs, frames))
+        if v.endswith("before"):
+            head = as_convolutions(head)
+        precision = v.split("_")[0]
+        if precision != "fp32":  # as harness.train.fit does for pixel heads under autocast
+            head = head.to(memory_format=torch.channels_last)
+        runs[v] = (head, torch.optim.Adam(head.parameters(), lr=1e-4, foreach=True), precision)
 
-    def step():
+    def step(v: str) -> float:
+        head, opt, precision = runs[v]
+        t0 = time.perf_counter()
         with head_autocast(device, precision):
             pred = head(x, size=(res, res))
         loss = (pred.float() - y).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return time.perf_counter() - t0
 
-    step()  # warm-up (oneDNN picks its kernels)
-    t0 = time.perf_counter()
+    for v in variants:
+        step(v)  # warm-up (oneDNN picks its kernels)
+    times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps * 1000
+        for v in variants:
+            times[v].append(step(v))
+    return {v: statistics.median(t) * 1000 for v, t in times.items()}
 
 
 def eval_record(task: str, precision: str, seed: int, out: Path, **kw) -> dict:
@@ -103,7 +142,7 @@ def bare_dense(task_name: str, rec: dict, precision: str) -> float:
     with torch.no_grad():  # one encoder pass over every split, features kept in memory
         for name, split in (("train", task.splits.train), ("val", task.splits.val), ("test", task.splits.test)):
             batches = []
-            for b in loader(task.dataset(task, _request(task, opts, split, name == "train")), bs, device):
+            for b in loader(task.dataset(task, data_request(task, opts, split, name == "train")), bs, device):
                 batches.append((encoder(b["image"], taps), b["target"], b.get("valid")))
             splits[name] = batches
     torch.manual_seed(0)
@@ -148,11 +187,18 @@ def main() -> None:
     out: dict = {"machine": f"{os.cpu_count()} CPU(s), native bf16: {cpu_has_bf16()}, torch {torch.__version__}",
                  "resolution": args.resolution, "batch": args.batch, "steps": {}}
 
+    out["load_average_1min"] = {"start": round(os.getloadavg()[0], 2)}
     for name, outputs, frames in (("unet", 1, 1), ("siamese_unet", 2, 2), ("deeplabv3plus", 19, 1)):
-        fp32 = head_step_ms(name, outputs, frames, "fp32", args.batch, args.resolution, args.steps)
-        bf16 = head_step_ms(name, outputs, frames, "bf16", args.batch, args.resolution, args.steps)
-        out["steps"][name] = {"fp32_ms": round(fp32, 1), "bf16_ms": round(bf16, 1), "speedup": round(fp32 / bf16, 2)}
-        print(f"{name:14s} step fp32 {fp32:8.1f} ms  bf16 {bf16:8.1f} ms  x{fp32 / bf16:.2f}", flush=True)
+        variants = ("fp32", "bf16", "bf16_before") if name != "deeplabv3plus" else ("fp32", "bf16")
+        ms = head_steps_ms(name, outputs, frames, variants, args.batch, args.resolution, args.steps)
+        row = {f"{v}_ms": round(t, 1) for v, t in ms.items()} | {"speedup": round(ms["fp32"] / ms["bf16"], 2)}
+        if "bf16_before" in ms:
+            row |= {"speedup_before": round(ms["fp32"] / ms["bf16_before"], 2),
+                    "bf16_gain": round(ms["bf16_before"] / ms["bf16"], 2)}
+        out["steps"][name] = row
+        print(f"{name:14s} step " + "  ".join(f"{v} {t:8.1f} ms" for v, t in ms.items())
+              + f"  fp32/bf16 x{ms['fp32'] / ms['bf16']:.2f}", flush=True)
+    out["load_average_1min"]["after_steps"] = round(os.getloadavg()[0], 2)
 
     results = Path(tempfile.mkdtemp(prefix="harness-dense-results-"))
     out["metrics"] = {}
@@ -169,19 +215,21 @@ def main() -> None:
         renders = fresh / "synthetic"
     out["overhead"] = {}
     for task, epochs in (("synth_depth", None), ("synth_depth", args.long_epochs)):
-        for precision in ("fp32", "bf16"):
+        for precision, before in (("fp32", False), ("bf16", True), ("bf16", False)):
             os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-dense-")  # a cold feature cache
             if renders.is_dir():
                 (Path(os.environ["HARNESS_CACHE"]) / "synthetic").symlink_to(renders.resolve(),
                                                                              target_is_directory=True)
-            t0 = time.perf_counter()
-            rec = eval_record(task, precision, 0, results, epochs=epochs)
-            wall = time.perf_counter() - t0
-            bare = bare_dense(task, rec, precision)
-            key = f"{task}_{rec['epochs']}ep_{precision}"
+            with convolutions_only() if before else contextlib.nullcontext():
+                t0 = time.perf_counter()
+                rec = eval_record(task, precision, 0, results, epochs=epochs)
+                wall = time.perf_counter() - t0
+                bare = bare_dense(task, rec, precision)
+            key = f"{task}_{rec['epochs']}ep_{precision}" + ("_before" if before else "")
             out["overhead"][key] = {"epochs": rec["epochs"], "eval_s": round(wall, 2), "bare_s": round(bare, 2),
                                     "overhead": round(wall / bare, 3)}
             print(f"{key}: eval {wall:.1f} s, bare {bare:.1f} s, overhead {wall / bare:.3f}", flush=True)
+    out["load_average_1min"]["end"] = round(os.getloadavg()[0], 2)
     write_json(args.out, out)
     print(f"wrote {args.out}")
 
