@@ -8,13 +8,13 @@ at start-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from .common.errors import UsageError
 from .common.options import check, option
-from .sweep import Executor
+from .sweep import ExecutorSettings
 
 SCALES: dict[str, str] = {
     "paper": "the paper's settings: its data (an image folder you give with --data), epochs and tasks",
@@ -82,18 +82,9 @@ class StudyPlanOptions(StudyOptions):
 
 
 @dataclass(kw_only=True)
-class StudyRunOptions(StudyOptions):
+class StudyRunOptions(StudyOptions, ExecutorSettings):
     """``study run``'s options: the study's, the sweep's executor settings (passed to both rounds) and --dry-run."""
 
-    executor: Executor = option("--executor", default="local", help="local or slurm")
-    gpus_per_job: int = option("--gpus-per-job", default=1, min=1)
-    max_parallel: int | None = option("--max-parallel", default=None, min=1, help="jobs at once")
-    retries: int = option("--retries", default=1, min=0, help="extra attempts of a failed job")
-    slurm_partition: str | None = option("--slurm-partition", default=None)
-    slurm_time: int | None = option("--slurm-time", default=None, min=1, help="minutes per job")
-    slurm_mem: int | None = option("--slurm-mem", default=None, min=1, help="GB per job")
-    slurm_cpus: int | None = option("--slurm-cpus", default=None, min=1, help="CPUs per job")
-    slurm_account: str | None = option("--slurm-account", default=None)
     dry_run: bool = option("--dry-run", default=False, help="the plan; run nothing")
     poll_s: float = 1.0  # not an option: how often the local executor looks at its jobs
 
@@ -101,5 +92,4 @@ class StudyRunOptions(StudyOptions):
         return {name: getattr(self, name) for name in SWEEP_SETTINGS}
 
 
-SWEEP_SETTINGS = ("executor", "gpus_per_job", "max_parallel", "retries", "slurm_partition", "slurm_time", "slurm_mem",
-                  "slurm_cpus", "slurm_account", "poll_s")
+SWEEP_SETTINGS = (*(f.name for f in fields(ExecutorSettings)), "poll_s")

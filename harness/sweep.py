@@ -43,13 +43,9 @@ Executor = Literal["local", "slurm"]  # EXECUTORS below
 
 
 @dataclass(kw_only=True)
-class SweepOptions:
-    """``harness sweep``'s options, each field also its command-line option (harness.common.options)."""
+class ExecutorSettings:
+    """Where and how jobs run, declared once for ``harness sweep`` and ``harness study run``."""
 
-    encoders: list[str] = option("--encoder", "-e", help="encoders (repeatable)")
-    tasks: list[str] = option("--task", "-t", help="tasks or suites (repeatable)")
-    seed: int = option("--seed", default=0, help="first head-training seed")
-    seeds: int = option("--seeds", default=1, min=1, help="K seeds: one job per encoder x task x seed")
     executor: Executor = option("--executor", default="local", help="local or slurm")
     gpus_per_job: int = option("--gpus-per-job", default=1, min=1)
     max_parallel: int | None = option("--max-parallel", default=None, min=1, help="jobs at once (local: default one "
@@ -60,6 +56,16 @@ class SweepOptions:
     slurm_mem: int | None = option("--slurm-mem", default=None, min=1, help="GB per job")
     slurm_cpus: int | None = option("--slurm-cpus", default=None, min=1, help="CPUs per job")
     slurm_account: str | None = option("--slurm-account", default=None)
+
+
+@dataclass(kw_only=True)
+class SweepOptions(ExecutorSettings):
+    """``harness sweep``'s options, each field also its command-line option (harness.common.options)."""
+
+    encoders: list[str] = option("--encoder", "-e", help="encoders (repeatable)")
+    tasks: list[str] = option("--task", "-t", help="tasks or suites (repeatable)")
+    seed: int = option("--seed", default=0, help="first head-training seed")
+    seeds: int = option("--seeds", default=1, min=1, help="K seeds: one job per encoder x task x seed")
     out: Path = option("--out", default=Path("results"), help="where result records go")
     dry_run: bool = option("--dry-run", default=False, help="the plan and an estimate; run nothing")
     # not options of sweep: the eval options passed to every job, as given and as parsed (None: eval's defaults)

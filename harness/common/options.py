@@ -73,7 +73,9 @@ def field_type(cls: type, f: dataclasses.Field) -> Any:
     """A field's annotation as a type (annotations are strings under ``from __future__ import annotations``)."""
     if not isinstance(f.type, str):
         return f.type
-    return eval(f.type, vars(sys.modules[cls.__module__]))  # noqa: S307 - the class's own annotation
+    # evaluated where the field was declared: a base class (ExecutorSettings) may live in another module
+    owner = next((c for c in cls.__mro__ if f.name in vars(c).get("__annotations__", {})), cls)
+    return eval(f.type, vars(sys.modules[owner.__module__]))  # noqa: S307 - the class's own annotation
 
 
 def _without_none(tp: Any) -> tuple[Any, bool]:
