@@ -14,7 +14,7 @@ figure least moved by load that comes and goes between rounds. CPU seconds (this
 workers) are recorded beside the wall times: other users' load stretches wall time, not CPU time.
 
     PYTHONPATH=. python benchmarks/shared_decode.py --encoder resnet18 --encoder squeezenet1_1 \\
-        --encoder mobilenet_v2 --images 192 --resolution 112
+        --encoder mobilenet_v2 --images 768 --resolution 112
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def write_photos(folder: Path, n: int, size=(375, 500)) -> list[tuple[Path, int]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", action="append", default=None, help="repeatable (default: three small ones)")
-    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--images", type=int, default=768)
     ap.add_argument("--resolution", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)

@@ -270,9 +270,10 @@ class MemoryFeatures:
         return len(self.target)
 
     def batch(self, idx: torch.Tensor, device: torch.device):
-        feats = {k: v[idx].to(device, non_blocking=True) for k, v in self.taps.items()}
-        valid = self.valid[idx].to(device) if self.valid is not None else None
-        return feats, self.target[idx].to(device), valid
+        # index_select, not v[idx]: the same rows, gathered 2-3x faster on the CPU (a dense head's shuffled batches)
+        feats = {k: v.index_select(0, idx.to(v.device)).to(device, non_blocking=True) for k, v in self.taps.items()}
+        valid = self.valid.index_select(0, idx.to(self.valid.device)).to(device) if self.valid is not None else None
+        return feats, self.target.index_select(0, idx.to(self.target.device)).to(device), valid
 
     def batches(self, batch_size: int, device: torch.device, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator:
