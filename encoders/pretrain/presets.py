@@ -92,10 +92,10 @@ PRESETS: dict[str, dict[str, Preset]] = {
         "relpatch": Preset({**_SGD, "hidden": "1024"}, lr=0.1, **{**_SMALL_DATA, "epochs": 15, "amp": False},
                            learns=False, note="hidden 1,024, 15 px patches of 64 px views, float32, 15 epochs"),
         "exemplar": Preset({**_SGD, "augment.global_crops": "4", "augment.global_scale": "0.2,1",
-                            "augment.global_size": "32"}, lr=0.1, **{**_SMALL_DATA, "batch_size": 64}, learns=False,
-                           note="64 images x 4 copies of 32 px, crops 0.2-1, 30 epochs"),
-        "splitbrain": Preset({**_SGD}, lr=0.1, **{**_SMALL_DATA, "epochs": 15}, learns=False,
-                             note="64 px views, 15 epochs"),
+                            "augment.global_size": "32"}, lr=0.1, **{**_SMALL_DATA, "batch_size": 64, "epochs": 15},
+                           learns=False, note="64 images x 4 copies of 32 px, crops 0.2-1, 15 epochs"),
+        "splitbrain": Preset({**_SGD, "augment.global_size": "32"}, lr=0.1, **_SMALL_DATA, learns=False,
+                             note="32 px views, 30 epochs"),
     },
 }
 
