@@ -70,6 +70,42 @@ def linear_probe(run: Path, bank: int, queries: int) -> dict:
             "se_points": round(100 * (0.25 / queries) ** 0.5, 1)}
 
 
+def colour_prior(images: int = 2000, size: int = 32) -> dict:
+    """What split-brain's targets hold without looking at the input (``prior_of``) over ``images`` training renders
+    resized to the preset's ``size`` (its views)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.synthetic.store import load_split
+
+    x = torch.from_numpy(load_split("single", "train", images, 64, fields=("image",))["image"])
+    x = F.interpolate(x.permute(0, 3, 1, 2).float() / 255, size=size, mode="bilinear", antialias=True,
+                      align_corners=False)
+    return {"images": images, "size": size, **prior_of(x)}
+
+
+def prior_of(rgb) -> dict:
+    """For RGB images in [0, 1] (B, 3, H, W): the entropy (nats) of split-brain's quantised ab and L targets'
+    marginal distribution, and the accuracy of always naming the commonest bin. A run whose ``loss_ab`` sits at
+    that entropy has learnt the colour prior and nothing that depends on the image."""
+    import torch
+    import torch.nn.functional as F
+
+    from encoders.pretrain.splitbrain import SplitBrainConfig, ab_bins, lab_split, quantise_ab, quantise_l
+
+    cfg = SplitBrainConfig()
+    target = F.avg_pool2d(lab_split(rgb)[0], cfg.target_stride)
+    bins = ab_bins(cfg.ab_grid)
+    out = {}
+    for name, labels, n in (("ab", quantise_ab(target[:, 1:], bins), len(bins)),
+                            ("l", quantise_l(target[:, :1], cfg.l_bins), cfg.l_bins)):
+        freq = torch.bincount(labels.flatten(), minlength=n).double()
+        freq = freq[freq > 0] / freq.sum()
+        out[name] = {"bins": n, "entropy_nats": round(float(-(freq * freq.log()).sum()), 3),
+                     "majority_acc": round(float(freq.max()), 4)}
+    return out
+
+
 def one(method: str, seed: int, runs: Path, epochs: int | None = None, limit: int | None = None,
         checks: tuple[tuple[int, int], tuple[int, int]] = (KNN_CHECK, PROBE)) -> dict:
     """One run (``pretrain_seeds.one``: train, then the kNN check) and its linear probe."""
@@ -129,10 +165,12 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def write(records: list[dict], out: Path, readme: bool, run_note: str | None = None) -> str:
+def write(records: list[dict], out: Path, readme: bool, run_note: str | None = None,
+          prior: dict | None = None) -> str:
     old = json.loads(out.read_text()) if out.exists() else {}
     summary = summarise(records)
     doc = {"summary": summary, "runs": records, "run_note": run_note or old.get("run_note", ""),
+           "splitbrain_colour_prior": prior or old.get("splitbrain_colour_prior"),
            "note": "kNN: weighted k=20 on pooled features (pretrain_learning.recheck); linear: logistic regression "
                    "on standardised pooled features, C 0.1 (pretrain_probe.probe); labels synth shape_cls; each run's "
                    "initial backbone is rebuilt from its seed and compared with its final one on the same renders",
@@ -151,6 +189,8 @@ def main() -> None:
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--run-note", help="how the runs went (kept in --out until replaced)")
     ap.add_argument("--summarise", action="store_true", help="only rebuild --out and the table from --runs")
+    ap.add_argument("--colour-prior", action="store_true",
+                    help="also record split-brain's colour prior (colour_prior) in --out")
     ap.add_argument("--epochs", type=int, help="instead of the preset's (a smoke test; recorded in the note)")
     ap.add_argument("--limit", type=int, help="training images instead of the preset's 4,000 (a smoke test)")
     ap.add_argument("--checks", default="4000,2000;2000,500", metavar="KNN_BANK,QUERIES;PROBE_BANK,QUERIES",
@@ -172,8 +212,11 @@ def main() -> None:
                       f"{rec['train_s'] / 60:.1f} min", flush=True)
                 write(ps.load_records(args.runs), args.out, not args.no_readme, args.run_note)
     recs = ps.load_records(args.runs)
+    prior = colour_prior() if args.colour_prior else None
+    if prior:
+        print(f"split-brain colour prior: {prior}")
     if recs:
-        print(write(recs, args.out, not args.no_readme, args.run_note))
+        print(write(recs, args.out, not args.no_readme, args.run_note, prior))
 
 
 if __name__ == "__main__":

@@ -351,3 +351,19 @@ def test_benchmark_summary_statistics_match_numpy(load_benchmark):
     table = bench.table(summary)
     row = "| rotnet | recipe; 930 steps | 3 | +6.5, +2.0, +7.1 (+5.2 ± 2.8; +2.0) | +9.0, +4.5, +8.0 (+7.2 ± 2.4; +4.5)"
     assert row in table
+
+
+def test_colour_prior_of_hand_made_images_is_their_colour_histograms_entropy(load_benchmark):
+    # split-brain's diagnosis rests on this baseline: three images of one flat colour each, two of them red, give
+    # ab targets whose marginal is (2/3, 1/3): entropy -(2/3 ln 2/3 + 1/3 ln 1/3), the commonest bin right 2/3 of
+    # the time; their L targets likewise (red and blue differ in lightness)
+    bench = load_benchmark("pretrain_pretext")
+    red, blue = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9])
+    images = torch.stack([c[:, None, None].expand(3, 16, 16) for c in (red, red, blue)])
+    prior = bench.prior_of(images)
+    ref = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))
+    for part in ("ab", "l"):
+        assert prior[part]["entropy_nats"] == pytest.approx(ref, abs=1e-3)
+        assert prior[part]["majority_acc"] == pytest.approx(2 / 3, abs=1e-4)
+    grey = bench.prior_of(torch.full((2, 3, 8, 8), 0.5))  # one colour everywhere: no uncertainty at all
+    assert grey["ab"]["entropy_nats"] == 0 and grey["l"]["majority_acc"] == 1
