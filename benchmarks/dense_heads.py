@@ -32,6 +32,7 @@ import types
 from pathlib import Path
 
 import torch
+from eval_performance import scratch_root  # benchmarks/, this script's folder
 from torch import nn
 
 from encoders import create_encoder
@@ -170,7 +171,10 @@ def bare_dense(task_name: str, rec: dict, precision: str) -> float:
     return time.perf_counter() - t0
 
 
+
+
 def main() -> None:
+    scratch_root("harness-dense-")
     ap = argparse.ArgumentParser()
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)

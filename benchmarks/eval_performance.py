@@ -16,8 +16,10 @@ Synthetic renders are generated before timing starts (they are a one-off per mac
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +100,18 @@ def reference_dense(task, opts, epochs, device) -> float:
     return time.perf_counter() - t0
 
 
+
+def scratch_root(prefix: str) -> Path:
+    """One temporary folder that every later ``tempfile`` folder of this script goes under, removed when the script
+    exits: each cold cache it makes holds hundreds of MB."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    tempfile.tempdir = str(root)
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
 def main() -> None:
+    scratch_root("harness-bench-")
     ap = argparse.ArgumentParser()
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--task", default="synth_count")

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_performance import bare_pass, preprocessed_batches  # noqa: E402
+from eval_performance import bare_pass, preprocessed_batches, scratch_root  # noqa: E402
 
 import harness.runner as runner  # noqa: E402
 from encoders import create_encoder  # noqa: E402
@@ -131,6 +131,7 @@ def eval_overhead(task_name: str, encoder_name: str, resolution: int | None, dev
 
 
 def main() -> None:
+    scratch_root("harness-probe-bench-")
     ap = argparse.ArgumentParser()
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--resolution", type=int, default=64)
