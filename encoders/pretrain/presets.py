@@ -79,11 +79,13 @@ PRESETS: dict[str, dict[str, Preset]] = {
                         "predictor_lr_mult": "10", "bn_per_view": "true"}, lr=0.5, **{**_SMALL_DATA, "epochs": 180},
                        note="SGD, target momentum 0.99 -> 1, projector/predictor hidden 1,024, predictor at 10x the "
                             "rate, each view batch-normalised on its own, 32 px views, 180 epochs"),
-        # Pretext tasks: Kolesnikov et al.'s settings with their 35 epochs cut to what fits about 10 minutes on 2 idle
-        # cores (README.md, "Pretext tasks"). Jigsaw and relative patch location train in float32: on their 16 px
-        # tiles CPU bf16 convolution backward returned non-finite gradients in one step in three to six
+        # Pretext tasks: Kolesnikov et al.'s settings with their 35 epochs cut to 15-30 epochs, 10-20 minutes a run on
+        # one core (README.md, "Pretext tasks"). Jigsaw and relative patch location train in float32: on their 16 px
+        # tiles CPU bf16 convolution backward returned non-finite gradients within a few steps. Measured over three
+        # seeds (benchmarks/results/pretrain_pretext.json): exemplar and RotNet pass the 5-point bar, jigsaw and
+        # relative patch location gain 3-4 points, split-brain learns the colour prior only (docs/pretraining-log.md).
         "rotnet": Preset({**_SGD, "augment.global_scale": "0.2,1", "augment.global_size": "32"}, lr=0.1,
-                         **_SMALL_DATA, learns=False,
+                         **_SMALL_DATA,
                          note="4 rotations of 128 images, crops 0.2-1 of 32 px, 30 epochs"),
         "jigsaw": Preset({**_SGD, "perms_per_image": "4", "hidden": "1024"}, lr=0.1,
                          **{**_SMALL_DATA, "epochs": 15, "amp": False}, learns=False,
@@ -93,7 +95,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
                            learns=False, note="hidden 1,024, 15 px patches of 64 px views, float32, 15 epochs"),
         "exemplar": Preset({**_SGD, "augment.global_crops": "4", "augment.global_scale": "0.2,1",
                             "augment.global_size": "32"}, lr=0.1, **{**_SMALL_DATA, "batch_size": 64, "epochs": 15},
-                           learns=False, note="64 images x 4 copies of 32 px, crops 0.2-1, 15 epochs"),
+                           note="64 images x 4 copies of 32 px, crops 0.2-1, 15 epochs"),
         "splitbrain": Preset({**_SGD, "augment.global_size": "32"}, lr=0.1, **_SMALL_DATA, learns=False,
                              note="32 px views, 30 epochs"),
     },
