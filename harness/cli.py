@@ -13,6 +13,7 @@ import typer
 import typer.main
 
 from .cka_options import CKAOptions
+from .common import interrupt
 from .common.errors import HarnessError, UsageError
 from .common.options import Parsed, command
 from .common.pretrain_options import PretrainOptions
@@ -708,6 +709,7 @@ def main() -> None:
     In non-standalone mode typer hands back ``typer.Exit(n)`` and an interrupt (as 130) as the
     return value instead of raising, so the value is the exit code.
     """
+    interrupt.install()
     try:
         rv = app(standalone_mode=False)
     except KeyboardInterrupt:

@@ -49,6 +49,7 @@ from .cache import (
     shape_signature,
     verify,
 )
+from .common import interrupt
 from .common.locks import EntryLock
 from .common.progress import log, progress
 from .train import batch_memory_budget
@@ -158,6 +159,7 @@ def image_batches(dataset: Dataset, settings: EncodeSettings, sampler=None, desc
         return _on_device(_stack([s for s, _ in items]), settings), torch.tensor([i for _, i in items])
 
     for batch in progress(dl, desc=desc, total=len(dl)):
+        interrupt.check()
         if isinstance(batch, dict) and waiting:  # buckets are filling: this batch's samples join them
             batch = [{k: v[j] for k, v in batch.items()} for j in range(len(batch["target"]))]
         if isinstance(batch, dict):
@@ -200,6 +202,7 @@ def _device_batches(dataset: Dataset, settings: EncodeSettings, sampler, desc: s
                     prefetch_factor=4 if settings.num_workers else None)
     pos = on_host = files = 0
     for batch in progress(dl, desc=desc, total=len(dl)):
+        interrupt.check()
         images, host = decode.decode_batch(batch["frames"], batch["stacked"], size, settings.device)
         on_host += host
         files += sum(len(f) for f in batch["frames"])

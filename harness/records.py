@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .common import interrupt
 from .common.atomic import write_json
 
 RECORD_VERSION = 2  # 2: the linear head standardises its input (parameter-free BatchNorm)
@@ -80,6 +81,7 @@ class EvalRecord:
         return asdict(self)
 
     def write_to(self, target: Path) -> Path:
+        interrupt.check()  # an interrupt swallowed mid-task (harness/common/interrupt.py) records nothing
         write_json(Path(target), self.to_dict())
         return Path(target)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from harness.common import interrupt
 from harness.common.device import cpu_has_bf16
 from harness.common.options import PRECISIONS
 from tasks.losses import get_loss
@@ -226,6 +227,7 @@ def _epochs(head, train, val, task, cfg, epochs, device, batch_size, step, opt, 
         lrs.append(opt.param_groups[0]["lr"])
         total, seen = 0.0, 0
         for x, y, valid in train[(epoch - 1) % len(train)].batches(batch_size, device, shuffle=True, generator=gen):
+            interrupt.check()
             loss = step(x, y, valid)
             total += loss.item() * len(y)
             seen += len(y)
