@@ -54,8 +54,9 @@ class Target:
         self.name, self.num_outputs, self.frames, self.output, self.loss = name, outputs, frames, output, loss
 
 
-def tap_features(batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
-    taps = {t.name: t for t in build_resnet("resnet50").taps}
+def tap_features(taps: dict, batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
+    """Random non-negative maps of the shapes ``taps`` (an encoder's declared taps) give at ``res``: what a head
+    reads, without running the encoder."""
     out = {}
     for name, tap in taps.items():
         if tap.stride is None:
@@ -64,6 +65,19 @@ def tap_features(batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
         shape = (batch, frames, tap.channels, s, s) if frames > 1 else (batch, tap.channels, s, s)
         out[name] = torch.randn(*shape).abs()
     return out
+
+
+def timed_step(head: nn.Module, opt: torch.optim.Optimizer, x: dict, y: torch.Tensor, precision: str) -> float:
+    """Seconds of one training step (forward under ``precision``'s autocast, L1 loss, backward, optimiser step)."""
+    head.train()
+    t0 = time.perf_counter()
+    with head_autocast(torch.device("cpu"), precision):
+        pred = head(x, size=tuple(y.shape[-2:]))
+    loss = (pred.float() - y).abs().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
 
 
 def as_convolutions(head: nn.Module) -> nn.Module:
@@ -89,9 +103,8 @@ def head_steps_ms(name: str, outputs: int, frames: int, variants: tuple[str, ...
                   steps: int) -> dict[str, float]:
     """Median step time of each variant ("fp32", "bf16", "bf16_before"), their steps interleaved."""
     taps = {t.name: t for t in build_resnet("resnet50").taps}
-    x = tap_features(batch, res, frames)
+    x = tap_features(taps, batch, res, frames)
     y = torch.randn(batch, outputs, res, res)
-    device = torch.device("cpu")
     runs = {}
     for v in variants:
         torch.manual_seed(0)
@@ -105,14 +118,7 @@ def head_steps_ms(name: str, outputs: int, frames: int, variants: tuple[str, ...
 
     def step(v: str) -> float:
         head, opt, precision = runs[v]
-        t0 = time.perf_counter()
-        with head_autocast(device, precision):
-            pred = head(x, size=(res, res))
-        loss = (pred.float() - y).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0
+        return timed_step(head, opt, x, y, precision)
 
     for v in variants:
         step(v)  # warm-up (oneDNN picks its kernels)

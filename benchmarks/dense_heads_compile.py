@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from dense_heads import tap_features, timed_step  # benchmarks/, this script's folder
 
 from encoders.resnet import build_resnet
 from harness.common.atomic import write_json
@@ -27,17 +28,6 @@ from heads import HEADS
 from tasks import get_task
 
 TRAIN_SAMPLES = 400  # the synthetic pixel tasks' train split (tasks/synthetic/tasks.py)
-
-
-def features(taps: dict, batch: int, res: int, frames: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, tap in taps.items():
-        if tap.stride is None or tap.derived:
-            continue
-        s = math.ceil(res / tap.stride)
-        shape = (batch, frames, tap.channels, s, s) if frames > 1 else (batch, tap.channels, s, s)
-        out[name] = torch.randn(*shape).abs()
-    return out
 
 
 def measure(task_name: str, res: int, steps: int) -> dict:
@@ -49,20 +39,12 @@ def measure(task_name: str, res: int, steps: int) -> dict:
     compiled = torch.compile(head)
     device = torch.device("cpu")
     last = TRAIN_SAMPLES % task.batch_size or task.batch_size
-    data = {b: (features(taps, b, res, task.frames), torch.randn(b, task.num_outputs, res, res))
+    data = {b: (tap_features(taps, b, res, task.frames), torch.randn(b, task.num_outputs, res, res))
             for b in {task.batch_size, last}}
 
     def step(model, batch: int) -> float:
         x, y = data[batch]
-        t0 = time.perf_counter()
-        model.train()
-        with head_autocast(device, "bf16"):
-            pred = model(x, size=(res, res))
-        loss = (pred.float() - y).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0
+        return timed_step(model, opt, x, y, "bf16")
 
     def eval_forward(model) -> float:
         x, _ = data[task.batch_size]
