@@ -100,7 +100,6 @@ def reference_dense(task, opts, epochs, device) -> float:
     return time.perf_counter() - t0
 
 
-
 def scratch_root(prefix: str) -> Path:
     """One temporary folder that every later ``tempfile`` folder of this script goes under, removed when the script
     exits: each cold cache it makes holds hundreds of MB."""
